@@ -1,0 +1,135 @@
+"""One typed configuration for a Sonic run.
+
+`SonicConfig` holds what a user may change; its defaults equal the official
+`config/inference/sonic.yaml` (SPEC section 1.2) plus the arguments the official `demo.py`
+passes (`min_resolution=512`, `inference_steps=25`, `expand_ratio=0.5`). It is frozen: every
+run gets its own value (`dataclasses.replace`), so nothing leaks between runs the way the
+official class-level config does.
+
+The module-level constants below are facts of the released model (rates, window sizes,
+normalisation), not settings: changing them breaks compatibility with the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .errors import ParameterError
+
+# --- Audio rates (SPEC 3) -------------------------------------------------------------------
+SAMPLE_RATE = 16_000  # Hz, what Whisper and the length arithmetic use
+SAMPLES_PER_AUDIO_FRAME = 640  # 40 ms: one "audio frame" at 25 fps
+AUDIO_FRAMES_PER_GENERATED_FRAME = 2  # official `step`: 25 fps audio frames -> 12.5 fps video
+WHISPER_CHUNK_SAMPLES = 480_000  # 30 s: one Whisper encoder call
+WHISPER_CHUNK_MEL_FRAMES = 3000  # log-mel frames per chunk (hop 160)
+WHISPER_CHUNK_STEPS = 1500  # encoder output steps per chunk (50 Hz)
+WHISPER_STEPS_PER_AUDIO_FRAME = 2
+
+# --- Per-frame audio windows (SPEC 3.3) -----------------------------------------------------
+TOKEN_WINDOW = 10  # Whisper steps fed to audio2token per generated frame
+TOKEN_WINDOW_PAD = (4, 6)  # zero steps before / after the hidden-state sequence
+TOKEN_WINDOW_LAYERS = 5  # hidden states kept: embeddings + 4 encoder layers
+BUCKET_WINDOW = 50  # Whisper steps (last layer) fed to audio2bucket per generated frame
+BUCKET_WINDOW_PAD = (24, 26)
+BUCKET_SCALE = 16.0  # bucket = 16 * audio2bucket(...) + 16
+BUCKET_SHIFT = 16.0
+
+# --- Image normalisation (SPEC 2.3) ---------------------------------------------------------
+LATENT_DOWNSCALE = 8  # pixels per latent cell
+SIZE_MULTIPLE = 64  # model-resolution sides are multiples of this
+CLIP_SIZE = 224
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+VAE_SCALING_FACTOR = 0.18215  # hard-coded in the official pipeline (not read from the VAE config)
+
+# --- Face detector (SPEC 2.1) ---------------------------------------------------------------
+YOLO_SHORT_SIDE = 416
+YOLO_STRIDE_MULTIPLE = 32
+YOLO_CONF_THRESHOLD = 0.5
+YOLO_IOU_THRESHOLD = 0.45
+
+
+@dataclass(frozen=True)
+class SonicConfig:
+    """Settings of one generation. Defaults reproduce the official Sonic numbers."""
+
+    # Portrait preparation
+    min_resolution: int = 512  # px: short side of the model input; both sides snap to multiples of 64
+    expand_ratio: float = 0.5  # crop margin around the face box, as a fraction of its width/height
+    crop: bool = True  # crop a square around the face first (the official gradio app always does)
+    face_mask_area: float = 1.1  # official `area`: face box enlarged this much for the audio mask
+    max_pixels: int = 1024 * 1024  # cap on model-input pixels; larger inputs are scaled down with a warning
+
+    # Sampling
+    inference_steps: int = 25  # denoising steps before `i2i_noise_strength` is applied
+    i2i_noise_strength: float = 1.0  # fraction of the schedule run; 1.0 starts from pure noise
+    dynamic_scale: float = 1.0  # official `motion_bucket_scale`: multiplies both buckets
+    motion_scale: float = 1.0  # extra multiplier on the motion (head) bucket only; 1.0 = official
+    min_appearance_guidance: float = 2.0  # image guidance at the first step (linear ramp)
+    max_appearance_guidance: float = 2.0  # image guidance at the last step
+    audio_guidance: float = 7.5  # audio guidance (constant)
+    ip_audio_scale: float = 1.0  # weight of the audio cross-attention in every attn2
+    noise_aug_strength: float = 0.0  # pixel noise on the reference before VAE encoding
+    fps: float = 12.5  # frame rate fed to the UNet as the first added-time-id
+    frames_per_window: int = 25  # official `n_sample_frames`: window length F
+    window_overlap: int = 0  # frames shared by consecutive windows
+    shift_offset: int = 7  # the window grid moves this many frames earlier every step
+    seed: int = 72589  # official default seed; 0 is a valid seed
+
+    # Decoding and output
+    decode_chunk_size: int = 8  # frames per VAE temporal-decoder call (seams every chunk)
+    interpolate: bool = True  # RIFE 2x: 12.5 -> 25 fps
+    max_audio_seconds: float | None = None  # None: whole audio (official: silently 400 s)
+
+    def replace(self, **changes) -> "SonicConfig":
+        """A copy with some fields changed (unknown names are an error)."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ParameterError(f"unknown setting(s) {unknown}; valid: {sorted(f.name for f in dataclasses.fields(self))}")
+        return dataclasses.replace(self, **changes).validate()
+
+    @property
+    def run_steps(self) -> int:
+        """Denoising steps actually run: `min(int(steps * strength), steps)` as in the reference."""
+        return min(int(self.inference_steps * self.i2i_noise_strength), self.inference_steps)
+
+    @property
+    def output_fps(self) -> float:
+        return self.fps * 2 if self.interpolate else self.fps
+
+    def validate(self) -> "SonicConfig":
+        """Raise `ParameterError` naming the first absurd setting; return self when all is well."""
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ParameterError(message)
+
+        for name in ("expand_ratio", "face_mask_area", "i2i_noise_strength", "dynamic_scale", "motion_scale",
+                     "min_appearance_guidance", "max_appearance_guidance", "audio_guidance", "ip_audio_scale",
+                     "noise_aug_strength", "fps"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and math.isfinite(value), f"{name} must be a finite number, got {value!r}")
+        need(64 <= self.min_resolution <= 4096, f"min_resolution must be between 64 and 4096 px, got {self.min_resolution}")
+        need(0 <= self.expand_ratio <= 5, f"expand_ratio must be between 0 and 5, got {self.expand_ratio}")
+        need(self.face_mask_area > 0, f"face_mask_area must be positive, got {self.face_mask_area}")
+        need(self.max_pixels >= 64 * 64, f"max_pixels must be at least 4096, got {self.max_pixels}")
+        need(1 <= self.inference_steps <= 1000, f"inference_steps must be between 1 and 1000, got {self.inference_steps}")
+        need(0 < self.i2i_noise_strength <= 1, f"i2i_noise_strength must be in (0, 1], got {self.i2i_noise_strength}")
+        need(self.run_steps >= 1, (
+            f"inference_steps={self.inference_steps} with i2i_noise_strength={self.i2i_noise_strength} leaves "
+            f"int({self.inference_steps} * {self.i2i_noise_strength}) = 0 denoising steps; raise inference_steps "
+            f"or i2i_noise_strength"))
+        need(0 <= self.dynamic_scale <= 10, f"dynamic_scale must be between 0 and 10, got {self.dynamic_scale}")
+        need(0 <= self.motion_scale <= 10, f"motion_scale must be between 0 and 10, got {self.motion_scale}")
+        need(0 <= self.ip_audio_scale <= 10, f"ip_audio_scale must be between 0 and 10, got {self.ip_audio_scale}")
+        need(0 < self.fps <= 120, f"fps must be in (0, 120], got {self.fps}")
+        need(1 <= self.frames_per_window <= 1000, f"frames_per_window must be between 1 and 1000, got {self.frames_per_window}")
+        need(0 <= self.window_overlap < self.frames_per_window,
+             f"window_overlap must be >= 0 and smaller than frames_per_window ({self.frames_per_window}), got {self.window_overlap}")
+        need(self.shift_offset >= 0, f"shift_offset must be >= 0, got {self.shift_offset}")
+        need(isinstance(self.seed, int) and 0 <= self.seed < 2**63, f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        need(1 <= self.decode_chunk_size <= 1000, f"decode_chunk_size must be between 1 and 1000, got {self.decode_chunk_size}")
+        need(self.max_audio_seconds is None or self.max_audio_seconds > 0,
+             f"max_audio_seconds must be positive or None, got {self.max_audio_seconds}")
+        return self

@@ -1,0 +1,458 @@
+"""Portrait loading and preparation: image -> model-input tensors (SPEC sections 2.2 and 2.3).
+
+`load_image` turns any supported picture (file, PIL image, numpy array, ComfyUI IMAGE tensor)
+into one uint8 RGB array. `prepare_portrait` finds the face, optionally crops a square around
+it (the official `--crop` / gradio behaviour), builds the rectangular face mask, resizes to the
+model resolution (short side `min_resolution`, both sides multiples of 64) and normalises
+the pixels for the VAE and for CLIP, reproducing the official arithmetic (Python `round`,
+floor divisions, PIL LANCZOS) so that the official weights see the same inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import CLIP_MEAN, CLIP_SIZE, CLIP_STD, SIZE_MULTIPLE
+from .errors import FaceNotFoundError, ImageError, ParameterError
+from .face_detectors import FaceBox, FaceDetector, HaarFaceDetector, select_face
+
+logger = logging.getLogger(__name__)
+
+MIN_IMAGE_SIDE = 32  # px: anything smaller cannot hold a usable face
+MIN_CROP_SIDE = 16  # px: a smaller face crop is a mistake (a face box of a few pixels)
+DEFAULT_MAX_DECODE_PIXELS = 40_000_000  # decoding cap: bigger pictures are almost surely mistakes (or bombs)
+
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+def load_image(source, *, max_pixels: int | None = None) -> np.ndarray:
+    """Any supported picture -> uint8 RGB array (height, width, 3).
+
+    Accepted: a file path (PNG, JPEG, WebP, BMP, ... anything Pillow reads; EXIF orientation
+    is applied), a PIL image, a numpy array (uint8/uint16 or float in [0, 1]; HxW gray, HxWx1,
+    HxWx3 RGB or HxWx4 RGBA) or a ComfyUI IMAGE tensor (float [B,H,W,C] in [0, 1], image 0 is
+    used; [H,W,C] also accepted). Transparent pixels are composited over WHITE. 16-bit
+    pictures are scaled to 8 bits (value / 257). `max_pixels` caps width*height (default
+    40 megapixels) so a huge file fails fast with a clear message instead of exhausting memory.
+    """
+    from PIL import Image
+
+    limit = DEFAULT_MAX_DECODE_PIXELS if max_pixels is None else int(max_pixels)
+    if isinstance(source, (str, os.PathLike)):
+        rgb = _load_image_file(os.fspath(source), limit)
+    elif isinstance(source, Image.Image):
+        _check_size(source.width, source.height, limit, "the image")
+        rgb = _pil_to_rgb(_exif_upright(source))
+    elif isinstance(source, torch.Tensor):
+        rgb = _array_to_rgb(_comfy_tensor_to_array(source), "the image tensor")
+    elif isinstance(source, np.ndarray):
+        rgb = _array_to_rgb(source, "the image array")
+    else:
+        raise ImageError(f"cannot use a {type(source).__name__} as an image: give a file path, a PIL image, "
+                         f"a numpy array or a ComfyUI IMAGE tensor")
+    _check_size(rgb.shape[1], rgb.shape[0], limit, "the image")
+    return np.ascontiguousarray(rgb)
+
+
+def _load_image_file(path: str, limit: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.exists(path):
+        raise ImageError(f"image file not found: {path!r}; check the path")
+    if os.path.isdir(path):
+        raise ImageError(f"{path!r} is a folder, not an image file")
+    try:
+        with Image.open(path) as img:
+            # The header gives the size before any pixel is decoded.
+            _check_size(img.width, img.height, limit, f"image {path!r}")
+            img.load()
+            return _pil_to_rgb(_exif_upright(img))
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"cannot decode image file {path!r} ({exc}); use a PNG, JPEG, WebP or BMP picture") from exc
+
+
+def _check_size(width: int, height: int, limit: int, what: str) -> None:
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ImageError(f"{what} is {width}x{height} px; both sides must be at least {MIN_IMAGE_SIDE} px. "
+                         f"Use a larger portrait (a face of at least about 128 px works best)")
+    if width * height > limit:
+        raise ImageError(f"{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the limit of "
+                         f"{limit / 1e6:.1f} megapixels. Downscale it first (the model works at about 512 px), "
+                         f"or raise max_pixels")
+
+
+def _exif_upright(img):
+    """Apply the EXIF orientation tag (phone photos), so the face is upright."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # a corrupt EXIF block should not make a readable picture unusable
+        logger.warning("ignoring an unreadable EXIF orientation tag")
+        return img
+
+
+def _pil_to_rgb(img) -> np.ndarray:
+    """Any Pillow mode -> uint8 RGB, without garbling high bit depths or transparency."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit PNG/TIFF data: Pillow's own convert('RGB') would clip to 255 (mostly white).
+        return _array_to_rgb(np.asarray(img).astype(np.int64), "the image", integer_max=65535)
+    if mode == "F":
+        return _array_to_rgb(np.asarray(img, dtype=np.float32), "the image")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        return _composite_over_white(np.asarray(img.convert("RGBA")))
+    return np.asarray(img.convert("RGB"))
+
+
+def _composite_over_white(rgba: np.ndarray) -> np.ndarray:
+    """uint8 RGBA -> uint8 RGB over a white background (rounded)."""
+    rgb = rgba[..., :3].astype(np.float32)
+    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+    return np.clip(np.rint(rgb * alpha + 255.0 * (1.0 - alpha)), 0, 255).astype(np.uint8)
+
+
+def _comfy_tensor_to_array(tensor: torch.Tensor) -> np.ndarray:
+    if tensor.dim() == 4:
+        if tensor.shape[0] < 1:
+            raise ImageError("the IMAGE batch is empty")
+        if tensor.shape[0] > 1:
+            logger.info("IMAGE batch of %d pictures: using the first one", tensor.shape[0])
+        tensor = tensor[0]
+    if tensor.dim() != 3:
+        raise ImageError(f"an IMAGE tensor must be [batch, height, width, channels] or [height, width, channels], "
+                         f"got shape {tuple(tensor.shape)}")
+    return tensor.detach().to("cpu", torch.float32).numpy()
+
+
+def _array_to_rgb(array: np.ndarray, what: str, integer_max: int | None = None) -> np.ndarray:
+    """numpy picture (HxW, HxWx1, HxWx3, HxWx4; uint8, uint16 or float in [0,1]) -> uint8 RGB."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ImageError(f"{what} has shape {tuple(array.shape)}; expected height x width (gray), or height x "
+                         f"width x 1/3/4 channels (channels last)")
+    if array.dtype == np.uint8:
+        pixels = array
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ImageError(f"{what} contains NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < -1e-3 or high > 1 + 1e-3:
+            raise ImageError(f"{what} is float with values in [{low:.3g}, {high:.3g}]; float pictures must be in "
+                             f"[0, 1] (divide 0..255 data by 255)")
+        pixels = np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        top = integer_max or (65535 if array.dtype == np.uint16 else 255)
+        if array.dtype == np.bool_:
+            top = 1
+        if array.min() < 0 or array.max() > top:
+            raise ImageError(f"{what} has integer values in [{array.min()}, {array.max()}], outside 0..{top}")
+        pixels = np.clip(np.rint(array.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+    else:
+        raise ImageError(f"{what} has unsupported dtype {array.dtype}; use uint8, uint16 or float in [0, 1]")
+    if pixels.shape[2] == 1:
+        return np.repeat(pixels, 3, axis=2)
+    if pixels.shape[2] == 4:
+        return _composite_over_white(pixels)
+    return pixels
+
+
+# --- the official arithmetic (pure functions) -------------------------------------------------
+
+def square_crop_box(face: FaceBox, image_width: int, image_height: int,
+                    expand_ratio: float) -> tuple[int, int, int, int]:
+    """The official square face crop (SPEC 2.2) as (x1, y1, x2, y2) integer pixels.
+
+    The face box grows by `expand_ratio` of its width/height on every side (clipped to the
+    image); the square's side is the short side of that box; its centre starts at the box
+    centre and moves toward the face centre along the long axis, by at most half the
+    difference of the sides, so the square stays inside. Corners use Python's `round`
+    (half to even), so the result can be one pixel off square, exactly as in the reference.
+    """
+    x1, y1, x2, y2 = face.as_tuple()
+    bw, bh = x2 - x1, y2 - y1
+    ex1, ey1 = max(x1 - expand_ratio * bw, 0), max(y1 - expand_ratio * bh, 0)
+    ex2, ey2 = min(x2 + expand_ratio * bw, image_width), min(y2 + expand_ratio * bh, image_height)
+    ew, eh = ex2 - ex1, ey2 - ey1
+    side = min(ew, eh)
+    cx, cy = (ex1 + ex2) / 2, (ey1 + ey2) / 2
+    face_cx, face_cy = (x1 + x2) / 2, (y1 + y2) / 2
+    if eh > ew:
+        cy += math.copysign(min((eh - ew) / 2, abs(face_cy - cy)), face_cy - cy)
+    elif ew > eh:
+        cx += math.copysign(min((ew - eh) / 2, abs(face_cx - cx)), face_cx - cx)
+    return round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2)
+
+
+def face_mask_bounds(face: FaceBox, image_width: int, image_height: int,
+                     area: float) -> tuple[int, int, int, int]:
+    """Face-mask rectangle (x1, y1, x2, y2) in integer pixels (SPEC 2.3 step 2).
+
+    The box is scaled by `area` about its centre; the centre and half sizes use floor
+    division on floats and the bounds are truncated with int(), as in the reference.
+    """
+    x1, y1, x2, y2 = face.as_tuple()
+    mask_w, mask_h = (x2 - x1) * area, (y2 - y1) * area
+    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+    mx1, my1 = max(cx - mask_w // 2, 0), max(cy - mask_h // 2, 0)
+    mx2, my2 = min(cx + mask_w // 2, image_width), min(cy + mask_h // 2, image_height)
+    return int(mx1), int(my1), int(mx2), int(my2)
+
+
+def model_resolution(width: int, height: int, min_resolution: int) -> tuple[int, int]:
+    """(W, H) model input size: short side scaled to `min_resolution`, each side snapped to the
+    nearest multiple of 64 with Python's `round` (half to even: 8.5 -> 8), like the reference."""
+    scale = min_resolution / min(width, height)
+    return (round(width * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE,
+            round(height * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+
+
+def fit_min_resolution(width: int, height: int, min_resolution: int, max_pixels: int) -> int:
+    """The largest usable short-side target <= `min_resolution` whose model size has <= `max_pixels`.
+
+    Returns `min_resolution` itself when it fits; otherwise a multiple of 64 (every short
+    side the model can get is one). Raises ImageError if even 64 px does not fit (an absurd
+    aspect ratio).
+    """
+    out_w, out_h = model_resolution(width, height, min_resolution)
+    if out_w * out_h <= max_pixels:
+        return min_resolution
+    for candidate in range((min_resolution // SIZE_MULTIPLE) * SIZE_MULTIPLE, 0, -SIZE_MULTIPLE):
+        cand_w, cand_h = model_resolution(width, height, candidate)
+        if cand_w * cand_h <= max_pixels:
+            return candidate
+    raise ImageError(f"the picture is {width}x{height} px: even at a 64 px short side the model input would "
+                     f"exceed max_pixels={max_pixels}. Crop it to a less extreme aspect ratio")
+
+
+# --- preparation ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class PreparedPortrait:
+    """Everything the pipeline needs from the portrait (all on the CPU, float32).
+
+    pixels:      (1, 3, H, W) reference image in [-1, 1] (VAE / concat conditioning).
+    clip_pixels: (1, 3, 224, 224) CLIP-normalised image (the resized image squashed to 224 px).
+    face_mask:   (1, 1, H, W) in [0, 1]: 1 over the enlarged face box, soft LANCZOS edges.
+    crop_box:    (x1, y1, x2, y2) integer pixels of `original` that the model sees (for paste-back).
+    face_box:    the face used, in `original` pixels.
+    original:    the full input picture, uint8 RGB (height, width, 3).
+    width, height: model resolution in pixels (multiples of 64).
+    min_resolution: the short-side target actually used (lower than asked when max_pixels applied).
+    """
+
+    pixels: torch.Tensor
+    clip_pixels: torch.Tensor
+    face_mask: torch.Tensor
+    crop_box: tuple[int, int, int, int]
+    face_box: FaceBox
+    original: np.ndarray
+    width: int
+    height: int
+    min_resolution: int
+
+
+_default_detector: HaarFaceDetector | None = None
+
+
+def default_face_detector() -> HaarFaceDetector:
+    """The offline Haar detector, built once per process."""
+    global _default_detector
+    if _default_detector is None:
+        _default_detector = HaarFaceDetector()
+    return _default_detector
+
+
+def no_face_message(what: str) -> str:
+    return (f"no face found in {what}. Ways out: use another picture with a clear, frontal, well-lit face; or give "
+            f"the face box yourself with face_box=(x1, y1, x2, y2) in image pixels (CLI --face-box X1,Y1,X2,Y2); "
+            f"or animate the whole picture with face_box=\"full\" (CLI --face-box full)")
+
+
+def normalize_face_box(face_box):
+    """User forms of `face_box` -> None (detect), "full", or a tuple of 4 floats (not yet range-checked).
+
+    Accepts None, "" or "auto" (detect), "full", "x1,y1,x2,y2" (as typed in a CLI flag or a
+    text widget), a 4-sequence of numbers, or a FaceBox.
+    """
+    if face_box is None or isinstance(face_box, FaceBox):
+        return face_box.as_tuple() if isinstance(face_box, FaceBox) else None
+    parts = face_box
+    if isinstance(face_box, str):
+        text = face_box.strip().lower()
+        if text in ("", "auto"):
+            return None
+        if text == "full":
+            return "full"
+        parts = text.replace(";", ",").split(",")
+    try:
+        values = tuple(float(v) for v in parts)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ParameterError(f"face_box must be four numbers x1,y1,x2,y2 in image pixels, \"full\" (whole picture) "
+                             f"or empty (detect the face), got {face_box!r}")
+    return values
+
+
+def _validate_face_box(values: tuple[float, float, float, float], width: int, height: int) -> FaceBox:
+    x1, y1, x2, y2 = values
+    if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+        raise ParameterError(f"face_box {values} must lie inside the {width}x{height} picture with x1 < x2 and "
+                             f"y1 < y2 (0 <= x1 < x2 <= {width}, 0 <= y1 < y2 <= {height})")
+    return FaceBox(x1, y1, x2, y2, 1.0)
+
+
+def _validate_settings(expand_ratio, min_resolution, face_mask_area, max_pixels) -> None:
+    if not (isinstance(expand_ratio, (int, float)) and 0 <= expand_ratio <= 5):
+        raise ParameterError(f"expand_ratio must be between 0 and 5, got {expand_ratio!r}")
+    if not (isinstance(min_resolution, int) and SIZE_MULTIPLE <= min_resolution <= 4096):
+        raise ParameterError(f"min_resolution must be an integer between 64 and 4096 px, got {min_resolution!r}")
+    if not (isinstance(face_mask_area, (int, float)) and 0 < face_mask_area <= 10):
+        raise ParameterError(f"face_mask_area must be in (0, 10], got {face_mask_area!r}")
+    if not (isinstance(max_pixels, int) and max_pixels >= SIZE_MULTIPLE * SIZE_MULTIPLE):
+        raise ParameterError(f"max_pixels must be an integer >= 4096, got {max_pixels!r}")
+
+
+def _redetect_on_crop(detector: FaceDetector, crop: np.ndarray, expected: FaceBox, face_index: int | None,
+                      official_face_selection: bool) -> FaceBox:
+    """The official pipeline detects the face again on the crop; keep its box when it finds one.
+
+    Default: the largest face of the crop (as the reference). With `face_index`, the crop face
+    overlapping the chosen face most. Nothing found on the crop -> the translated box (the
+    reference would give up here).
+    """
+    boxes = detector.detect(crop)
+    if boxes and face_index is None:
+        return select_face(boxes, official_face_selection=official_face_selection)
+    if boxes:
+        best = max(boxes, key=lambda b: _iou(b, expected))
+        if _iou(best, expected) > 0.3:
+            return best
+    logger.info("face not re-detected on the crop; using the first detection's box")
+    return expected
+
+
+def _iou(a: FaceBox, b: FaceBox) -> float:
+    iw = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
+    ih = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
+    union = a.area + b.area - iw * ih
+    return iw * ih / union if union > 0 else 0.0
+
+
+def _to_reference_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 -> (1,3,H,W) float32 in [-1,1]: torchvision ToTensor then Normalize(0.5, 0.5)."""
+    tensor = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).float().div(255)
+    return tensor.sub(0.5).div(0.5).unsqueeze(0)
+
+
+def _to_clip_tensor(resized) -> torch.Tensor:
+    """PIL image -> (1,3,224,224): LANCZOS squash to 224 px, then CLIPImageProcessor's rescale
+    (float64 x 1/255, cast to float32) and normalisation, which are all it does at 224 px."""
+    from PIL import Image
+
+    square = np.asarray(resized.resize((CLIP_SIZE, CLIP_SIZE), Image.LANCZOS))
+    scaled = (square.astype(np.float64) * (1 / 255)).astype(np.float32)
+    normed = (scaled - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(normed.transpose(2, 0, 1))).unsqueeze(0)
+
+
+def prepare_portrait(image, *, detector: FaceDetector | None = None, face_box=None, face_index: int | None = None,
+                     crop: bool = True, expand_ratio: float = 0.5, min_resolution: int = 512,
+                     face_mask_area: float = 1.1, max_pixels: int = 1024 * 1024,
+                     official_face_selection: bool = False) -> PreparedPortrait:
+    """Portrait -> model inputs, following the official preprocessing (SPEC 2.2-2.3). Pure CPU.
+
+    image:          anything `load_image` accepts.
+    detector:       a face detector (`YoloFaceDetector` for official results); default: OpenCV Haar.
+    face_box:       None (or "") to detect; (x1, y1, x2, y2) in image pixels (or the text
+                    "x1,y1,x2,y2") to skip detection; or "full" to animate the whole picture
+                    (no crop, the mask covers everything).
+    face_index:     with several faces, the i-th from the left (0 = leftmost); default the largest.
+    crop:           cut the official square crop around the face first (expand_ratio margin).
+                    False keeps the whole picture, any aspect ratio.
+    min_resolution: short side of the model input in pixels (both sides snap to multiples of 64).
+    face_mask_area: the face box is enlarged this much (about its centre) for the audio mask.
+    max_pixels:     cap on W*H; a larger result lowers min_resolution with a warning.
+    official_face_selection: reproduce the reference's buggy "largest face" choice.
+    """
+    _validate_settings(expand_ratio, min_resolution, face_mask_area, max_pixels)
+    face_box = normalize_face_box(face_box)
+    whole_image = face_box == "full"
+    if face_box is not None and face_index is not None:
+        raise ParameterError("give either face_box or face_index, not both")
+    original = load_image(image)
+    height0, width0 = original.shape[:2]
+
+    if whole_image:
+        face = FaceBox(0.0, 0.0, float(width0), float(height0), 1.0)
+    elif face_box is not None:
+        face = _validate_face_box(face_box, width0, height0)
+    else:
+        detector = detector or default_face_detector()
+        boxes = detector.detect(original)
+        if not boxes:
+            raise FaceNotFoundError(no_face_message(f"the {width0}x{height0} picture"))
+        face = select_face(boxes, face_index, official_face_selection=official_face_selection)
+
+    if crop and not whole_image:
+        crop_box = square_crop_box(face, width0, height0, expand_ratio)
+        if min(crop_box[2] - crop_box[0], crop_box[3] - crop_box[1]) < MIN_CROP_SIDE:
+            raise ParameterError(f"the face {face} gives a crop of only {crop_box[2] - crop_box[0]}x"
+                                 f"{crop_box[3] - crop_box[1]} px; give a larger face_box, raise expand_ratio, "
+                                 f"or use crop=False")
+        work = original[crop_box[1]:crop_box[3], crop_box[0]:crop_box[2]]
+        local_face = face.shifted(-crop_box[0], -crop_box[1])
+        if face_box is None:
+            local_face = _redetect_on_crop(detector, work, local_face, face_index, official_face_selection)
+    else:
+        crop_box = (0, 0, width0, height0)
+        work = original
+        local_face = face
+
+    work_h, work_w = work.shape[:2]
+    effective_min = fit_min_resolution(work_w, work_h, min_resolution, max_pixels)
+    out_w, out_h = model_resolution(work_w, work_h, effective_min)
+    if effective_min != min_resolution:
+        asked_w, asked_h = model_resolution(work_w, work_h, min_resolution)
+        warnings.warn(f"the model input would be {asked_w}x{asked_h} = {asked_w * asked_h} pixels, above "
+                      f"max_pixels={max_pixels}; using min_resolution={effective_min} ({out_w}x{out_h}) instead. "
+                      f"Raise max_pixels or crop the picture to keep more detail", stacklevel=2)
+
+    mask = np.zeros((work_h, work_w), np.uint8)
+    mx1, my1, mx2, my2 = face_mask_bounds(local_face, work_w, work_h, face_mask_area)
+    mask[my1:my2, mx1:mx2] = 255
+
+    from PIL import Image
+
+    resized = Image.fromarray(np.ascontiguousarray(work))
+    mask_image = Image.fromarray(mask)
+    if (out_w, out_h) != (work_w, work_h):
+        # LANCZOS on a one-channel mask equals channel 0 of the reference's 3-channel mask.
+        resized = resized.resize((out_w, out_h), Image.LANCZOS)
+        mask_image = mask_image.resize((out_w, out_h), Image.LANCZOS)
+
+    face_mask = torch.from_numpy(np.asarray(mask_image, dtype=np.float32) / 255.0)[None, None]
+    return PreparedPortrait(
+        pixels=_to_reference_tensor(np.asarray(resized)),
+        clip_pixels=_to_clip_tensor(resized),
+        face_mask=face_mask.contiguous(),
+        crop_box=tuple(int(v) for v in crop_box),
+        face_box=local_face.shifted(crop_box[0], crop_box[1]),
+        original=original,
+        width=out_w,
+        height=out_h,
+        min_resolution=effective_min,
+    )

@@ -42,3 +42,38 @@ def torch_threads():
 
     torch.set_num_threads(2)
     return 2
+
+
+# ---------------------------------------------------------------- shared media and models
+SR = 16_000
+FACE = (18.0, 20.0, 54.0, 60.0)  # face box of the `portrait` fixture, in its pixels
+
+
+def speech_like(seconds: float, sr: int = SR, seed: int = 0):
+    """A voiced, syllable-modulated float32 signal: enough structure for Whisper features to vary."""
+    import numpy as np
+
+    t = np.arange(int(round(seconds * sr))) / sr
+    rng = np.random.default_rng(seed)
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t) ** 2
+    voice = 0.3 * np.sin(2 * np.pi * 180 * t) + 0.1 * np.sin(2 * np.pi * 360 * t + 0.4)
+    return ((voice + 0.01 * rng.standard_normal(t.size)) * envelope).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def portrait():
+    """A 72x80 RGB picture (the smallest size the generation issue requires to work)."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    img = np.full((80, 72, 3), 90, np.uint8)
+    img[20:60, 18:54] = (200, 160, 140)  # a face-coloured block
+    return np.clip(img.astype(int) + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    """A complete tiny model folder (official layout) built from the golden weights."""
+    from sonic.zoo import write_tiny_zoo
+
+    return write_tiny_zoo(tmp_path_factory.mktemp("zoo") / "checkpoints", layout="official")

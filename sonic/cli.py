@@ -1,0 +1,295 @@
+"""`python -m sonic`: generate, doctor, convert, check-sync, queue, bench, make-tiny-zoo.
+
+Errors a user can fix print one line (`error: ...`) and exit with status 2; `--debug` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import SonicError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Sub-commands owned by other modules parse their own arguments.
+    delegated = {"check-sync": ("sonic.sync", "check_sync_command"),
+                 "queue": ("sonic.comfy_client", "queue_command"),
+                 "bench": ("sonic.bench", "bench_command")}
+    if argv and argv[0] in delegated:
+        module_name, func_name = delegated[argv[0]]
+        import importlib
+
+        debug = "--debug" in argv
+        try:
+            return getattr(importlib.import_module(module_name), func_name)([a for a in argv[1:] if a != "--debug"])
+        except SonicError as exc:
+            if debug:
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return args.run(args)
+    except SonicError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sonic", description=f"Sonic talking heads {__version__}")
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    gen = sub.add_parser("generate", help="portrait + audio -> lip-synced MP4")
+    gen.add_argument("--models", required=True, help="weights folder (official checkpoints/ or ComfyUI models/)")
+    gen.add_argument("--image", required=True, help="portrait image (PNG/JPEG/WebP/BMP)")
+    gen.add_argument("--audio", required=True, help="speech audio (WAV/MP3/FLAC/OGG/Opus/M4A)")
+    gen.add_argument("--out", required=True, help="output .mp4 path")
+    gen.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    gen.add_argument("--svd-checkpoint", help="SVD-xt single file (svd_xt.safetensors) instead of the diffusers folder")
+    gen.add_argument("--face-box", help="X1,Y1,X2,Y2 in image pixels (skips detection), or 'full' for the whole image")
+    gen.add_argument("--face-index", type=int, help="which detected face to use, 0 = leftmost (default: largest)")
+    gen.add_argument("--no-crop", action="store_true", help="keep the whole picture instead of a square face crop")
+    gen.add_argument("--expand-ratio", type=float, help="crop margin around the face (default 0.5)")
+    gen.add_argument("--min-resolution", type=int, help="short side of the model input in px (default 512)")
+    gen.add_argument("--duration", type=float, help="seconds of audio to use (default: all)")
+    gen.add_argument("--steps", type=int, help="denoising steps (default 25)")
+    gen.add_argument("--seed", type=int, help="random seed (default 72589, the official one)")
+    gen.add_argument("--dynamic-scale", type=float, help="motion and expression strength (default 1.0)")
+    gen.add_argument("--motion-scale", type=float, help="extra head-motion strength (default 1.0)")
+    gen.add_argument("--i2i-noise-strength", type=float, help="fraction of the schedule to run (default 1.0)")
+    gen.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode call (default 8)")
+    gen.add_argument("--no-interpolate", action="store_true", help="skip RIFE: 12.5 fps output")
+    gen.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
+    gen.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
+    gen.add_argument("--memory-policy", default="keep", choices=["keep", "offload", "lowvram"],
+                     help="keep models on the GPU, offload between stages, or low-VRAM")
+    gen.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)")
+    gen.add_argument("--preset", default="medium", help="x264 preset (default medium)")
+    post = gen.add_argument_group("post-processing")
+    post.add_argument("--sync", default="off", help="lip-sync calibration: off, auto, or an offset in ms")
+    post.add_argument("--smooth", type=float, default=0.0, help="motion smoothing strength, 0 = off")
+    post.add_argument("--color-match", action="store_true", help="keep face colours on the reference")
+    post.add_argument("--paste-back", action="store_true", help="composite the face crop back into the photo")
+    post.add_argument("--output-fps", type=float, help="convert the frame rate (e.g. 24, 30, 60)")
+    gen.add_argument("--quiet", action="store_true", help="no progress bars")
+    gen.set_defaults(run=run_generate)
+
+    doctor = sub.add_parser("doctor", help="check a weights folder and say what is missing or wrong")
+    doctor.add_argument("--models", required=True)
+    doctor.add_argument("--svd-checkpoint")
+    doctor.set_defaults(run=run_doctor)
+
+    convert = sub.add_parser("convert", help="rewrite .pth/.pkl weights as .safetensors twins (verified)")
+    convert.add_argument("--models", required=True)
+    convert.set_defaults(run=run_convert)
+
+    zoo = sub.add_parser("make-tiny-zoo", help="write a tiny random-weight model folder (for trying the tools)")
+    zoo.add_argument("dest")
+    zoo.add_argument("--layout", default="official", choices=["official", "comfyui"])
+    zoo.set_defaults(run=run_make_zoo)
+
+    for p in (gen, doctor, convert, zoo):
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.set_defaults(debug=False)
+    return parser
+
+
+# ------------------------------------------------------------------------------- generate
+def run_generate(args) -> int:
+    from .errors import OutputError, ParameterError
+
+    out_path = Path(args.out)
+    if out_path.exists() and not args.overwrite:
+        raise OutputError(f"{out_path} already exists; pass --overwrite to replace it or choose another --out")
+    if not out_path.parent.exists():
+        raise OutputError(f"the output folder {out_path.parent} does not exist; create it first")
+    face_box = parse_face_box(args.face_box) if args.face_box else None
+    postprocess = postprocess_options(args)
+    if args.steps is not None and args.steps < 1:
+        raise ParameterError(f"--steps must be at least 1, got {args.steps}")
+
+    import torch
+
+    from .pipeline import SonicPipeline
+    from .video import write_mp4
+
+    started = time.perf_counter()
+    progress = StageProgress(enabled=not args.quiet)
+    pipe = SonicPipeline.from_pretrained(args.models, device=args.device, dtype=args.dtype,
+                                         memory_policy=args.memory_policy, svd_checkpoint=args.svd_checkpoint,
+                                         face_detector=face_box is None, interpolation=not args.no_interpolate)
+    try:
+        out = pipe(args.image, args.audio, face_box=face_box, face_index=args.face_index,
+                   crop=False if args.no_crop else None, expand_ratio=args.expand_ratio,
+                   min_resolution=args.min_resolution, duration=args.duration, inference_steps=args.steps,
+                   dynamic_scale=args.dynamic_scale, motion_scale=args.motion_scale,
+                   i2i_noise_strength=args.i2i_noise_strength, seed=args.seed, interpolate=not args.no_interpolate,
+                   decode_chunk_size=args.decode_chunk_size, callback=progress, postprocess=postprocess)
+    finally:
+        progress.close()
+    metadata = provenance(args.image, args.audio, out.config, extra=out.report)
+    write_mp4(out_path, out.frames, fps=out.fps, audio=out.audio, sample_rate=out.sample_rate, crf=args.crf,
+              preset=args.preset, metadata=metadata, overwrite=args.overwrite)
+    seconds = time.perf_counter() - started
+    peak = peak_memory_summary(torch, pipe.device)
+    print(f"wrote {out_path}: {out.frames.shape[0]} frames at {out.fps:g} fps = {out.seconds:.2f} s of video, "
+          f"{out.frames.shape[2]}x{out.frames.shape[1]} px, in {seconds:.1f} s ({peak})")
+    return 0
+
+
+def parse_face_box(text: str):
+    from .errors import ParameterError
+
+    if text.strip().lower() == "full":
+        return "full"
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise ParameterError(f"--face-box must be X1,Y1,X2,Y2 (four numbers) or 'full', got {text!r}")
+    return values
+
+
+def postprocess_options(args):
+    """PostProcessOptions from the CLI flags, or None when every option is off."""
+    sync = args.sync.strip().lower()
+    if sync == "off" and not args.smooth and not args.color_match and not args.paste_back and args.output_fps is None:
+        return None
+    from .errors import ParameterError
+    from .postprocess import PostProcessOptions
+
+    if sync not in ("off", "auto"):
+        try:
+            sync = float(sync)
+        except ValueError:
+            raise ParameterError(f"--sync must be off, auto or a number of milliseconds, got {args.sync!r}") from None
+    return PostProcessOptions(sync=sync, smoothing=args.smooth, colour_match=args.color_match,
+                              paste_back=args.paste_back, output_fps=args.output_fps)
+
+
+def provenance(image, audio, config, extra=None) -> dict:
+    """Tags written into the MP4: AI-generated notice, tool, settings, SHA-256 of the inputs."""
+    import dataclasses
+
+    return {
+        "comment": "AI-generated talking-head video (Sonic). Not a recording of a real event.",
+        "ai_generated": "true",
+        "tool": f"sonic-comfyui {__version__}",
+        "parameters": json.dumps(dataclasses.asdict(config), sort_keys=True),
+        "source_image_sha256": sha256_of(image),
+        "source_audio_sha256": sha256_of(audio),
+        **({"postprocess": json.dumps(extra.get("postprocess"), default=str)} if extra and "postprocess" in extra else {}),
+    }
+
+
+def sha256_of(source) -> str:
+    """SHA-256 of a file, or of an array's/tensor's bytes."""
+    digest = hashlib.sha256()
+    if isinstance(source, (str, Path)) and Path(source).is_file():
+        with open(source, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    try:
+        import numpy as np
+
+        if isinstance(source, dict):
+            source = source.get("waveform")
+        if isinstance(source, tuple):
+            source = source[0]
+        if hasattr(source, "detach"):
+            source = source.detach().cpu().numpy()
+        digest.update(np.ascontiguousarray(np.asarray(source)).tobytes())
+        return digest.hexdigest()
+    except Exception:  # an exotic input type: provenance is best effort, never a failure
+        return "unknown"
+
+
+def peak_memory_summary(torch, device) -> str:
+    import resource
+
+    host_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    text = f"peak host memory {host_gb:.2f} GB"
+    if device.type == "cuda":
+        text += f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 1024 ** 3:.2f} GB"
+    return text
+
+
+class StageProgress:
+    """A tqdm bar per pipeline stage, fed by `ProgressInfo` callbacks."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, info) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if info.stage != self.stage:
+            self.close()
+            self.stage = info.stage
+            self.bar = tqdm(total=info.total, desc=info.stage, unit="step", leave=True)
+        self.bar.total = info.total
+        self.bar.n = info.done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+            self.stage = None
+
+
+# ------------------------------------------------------------------------------- weights
+def run_doctor(args) -> int:
+    from .loading import doctor_report
+
+    ok, lines = doctor_report(args.models, svd_checkpoint=args.svd_checkpoint)
+    for line in lines:
+        print(line)
+    return 0 if ok else 1
+
+
+def run_convert(args) -> int:
+    from .weights import convert_checkpoints
+
+    written = convert_checkpoints(args.models)
+    for path in written:
+        print(f"ok {path}")
+    if not written:
+        print("nothing to convert: no .pth/.pkl/.bin weights without a verified .safetensors twin")
+    return 0
+
+
+def run_make_zoo(args) -> int:
+    from .zoo import write_tiny_zoo
+
+    path = write_tiny_zoo(args.dest, layout=args.layout)
+    print(f"tiny random-weight models written to {path} (for trying the tools; the videos are noise)")
+    return 0

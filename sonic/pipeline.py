@@ -1,0 +1,421 @@
+"""`SonicPipeline`: portrait + audio -> talking-head frames, as callable stages.
+
+    pipe = SonicPipeline.from_pretrained("checkpoints", device="cuda", dtype="auto")
+    out = pipe("portrait.png", "speech.wav")          # SonicOutput: frames, fps, audio, ...
+
+The stages (prepare -> encode -> sample -> decode -> interpolate) are public because the
+ComfyUI nodes run them as separate nodes. Every stage takes its settings as arguments and
+returns a new value; nothing is stored on the pipeline between runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from .audio import AudioClip, frame_windows, load_audio, whisper_hidden_states
+from .conditioning import AudioConditioning, audio_conditioning
+from .config import LATENT_DOWNSCALE, SonicConfig
+from .decode import decode_latents
+from .devices import resolve_device, resolve_dtype
+from .errors import DeviceMemoryError, Interrupted, ParameterError
+from .face import PreparedPortrait, prepare_portrait
+from .interpolate import iter_double_frame_rate
+from .models.image_models import clip_image_embeds, encode_reference
+from .sampler import initial_noise, sample_latents
+from .schedule import make_schedule
+from .timeline import Timeline
+
+log = logging.getLogger("sonic")
+
+MEMORY_POLICIES = ("keep", "offload", "lowvram")
+
+
+@dataclass(frozen=True)
+class ProgressInfo:
+    """What a progress callback receives: `done` of `total` units of `stage` are finished."""
+
+    stage: str  # "audio", "conditioning", "sampling", "decode", "interpolate"
+    done: int
+    total: int
+
+
+ProgressCallback = Callable[[ProgressInfo], None]
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """Inputs checked and prepared on the CPU: nothing heavy has run yet."""
+
+    portrait: PreparedPortrait
+    audio: AudioClip
+    timeline: Timeline
+    config: SonicConfig
+
+
+@dataclass
+class Conditioning:
+    """Everything the sampler needs, on the pipeline's device."""
+
+    job: PreparedJob
+    ref_latent: torch.Tensor  # (1, 4, h, w) VAE mean x 0.18215: the initial-latent anchor
+    image_latent: torch.Tensor  # (1, 4, h, w) VAE mode, unscaled: concat conditioning
+    clip_embeds: torch.Tensor  # (1, Dc)
+    audio: AudioConditioning  # tokens (N, T, Dc), null_tokens (T, Dc), buckets (N, 2)
+    face_mask: torch.Tensor  # (1, 1, H, W) in [0, 1]
+
+    @property
+    def num_frames(self) -> int:
+        return self.job.timeline.generated_frames
+
+
+@dataclass
+class SonicOutput:
+    """A finished generation. `frames` are unquantised float32 [T, H, W, 3] in [0, 1]."""
+
+    frames: torch.Tensor
+    fps: float
+    audio: np.ndarray  # float32 [C, S]: the soundtrack that matches the frames
+    sample_rate: int
+    crop_box: tuple[int, int, int, int]  # region of the input image the video shows (input pixels)
+    timeline: Timeline
+    config: SonicConfig
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return self.frames.shape[0] / self.fps
+
+
+@dataclass
+class SonicModels:
+    """The loaded networks. Optional ones are None when the run does not need them."""
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    image_encoder: torch.nn.Module
+    whisper: torch.nn.Module
+    audio2token: torch.nn.Module
+    audio2bucket: torch.nn.Module
+    scheduler_config: dict
+    rife: torch.nn.Module | None = None
+    face_detector: Any | None = None
+
+
+class SonicPipeline:
+    """The Sonic inference path. Build it with `from_pretrained`."""
+
+    def __init__(self, models: SonicModels, *, device, dtype, memory_policy: str = "keep",
+                 config: SonicConfig | None = None):
+        if memory_policy not in MEMORY_POLICIES:
+            raise ParameterError(f"memory_policy must be one of {MEMORY_POLICIES}, got {memory_policy!r}")
+        self.models = models
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.memory_policy = memory_policy
+        self.config = (config or SonicConfig()).validate()
+        self._place_models()
+
+    # ----------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, models_dir, *, device=None, dtype="auto", memory_policy: str = "keep",
+                        svd_checkpoint=None, face_detector: bool = True, interpolation: bool = True,
+                        config: SonicConfig | None = None) -> "SonicPipeline":
+        """Load and check every model from `models_dir` (official `checkpoints/` or ComfyUI layout).
+
+        `device`: "cpu", "cuda", "cuda:1", "mps" or None (best available). `dtype`: "auto"
+        (bf16 where supported, fp32 on CPU), "fp32", "bf16", "fp16" or a torch dtype; it applies
+        to the UNet, VAE and CLIP encoder; Whisper, the audio adapters and RIFE stay fp32 as in
+        the reference. `face_detector=False` skips yoloface (give `face_box`, or the OpenCV
+        fallback is used); `interpolation=False` skips RIFE. Raises `WeightsError` listing every
+        missing or broken file.
+        """
+        from .loading import load_models
+
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        if memory_policy not in MEMORY_POLICIES:
+            raise ParameterError(f"memory_policy must be one of {MEMORY_POLICIES}, got {memory_policy!r}")
+        models = load_models(models_dir, svd_checkpoint=svd_checkpoint, need_face_detector=face_detector,
+                             need_interpolation=interpolation)
+        return cls(models, device=device, dtype=dtype, memory_policy=memory_policy, config=config)
+
+    # ----------------------------------------------------------------------------- placement
+    def _heavy(self) -> list[torch.nn.Module]:
+        return [self.models.unet, self.models.vae, self.models.image_encoder]
+
+    def _light(self) -> list[torch.nn.Module]:
+        return [m for m in (self.models.whisper, self.models.audio2token, self.models.audio2bucket, self.models.rife)
+                if m is not None]
+
+    def _home(self, module: torch.nn.Module) -> torch.device:
+        """Where a module rests between stages under the memory policy."""
+        if self.memory_policy == "keep":
+            return self.device
+        if self.memory_policy == "lowvram" and module is self.models.unet:
+            return self.device
+        return torch.device("cpu")
+
+    def _place_models(self) -> None:
+        for module in self._heavy():
+            module.to(device=self._home(module), dtype=self.dtype).eval().requires_grad_(False)
+        for module in self._light():
+            module.to(device=self._home(module), dtype=torch.float32).eval().requires_grad_(False)
+
+    @contextlib.contextmanager
+    def _using(self, *modules: torch.nn.Module):
+        """Move modules to the device for one stage and back to their resting place after."""
+        moved = [m for m in modules if m is not None and self._home(m) != self.device]
+        for m in moved:
+            m.to(self.device)
+        try:
+            yield
+        except torch.OutOfMemoryError as exc:
+            raise DeviceMemoryError(
+                f"the {self.device} device ran out of memory ({exc.__class__.__name__}); lower min_resolution, use "
+                f"memory_policy='lowvram' (CLI --memory-policy lowvram), a smaller decode_chunk_size, or dtype bf16/fp16"
+            ) from None
+        finally:
+            for m in moved:
+                m.to("cpu")
+            if moved and self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def module_devices(self) -> dict[str, str]:
+        """Current device of every model (for checking the memory policy)."""
+        names = {"unet": self.models.unet, "vae": self.models.vae, "image_encoder": self.models.image_encoder,
+                 "whisper": self.models.whisper, "audio2token": self.models.audio2token,
+                 "audio2bucket": self.models.audio2bucket, "rife": self.models.rife}
+        return {k: str(next(m.parameters()).device) for k, m in names.items() if m is not None}
+
+    # ----------------------------------------------------------------------------- stages
+    def prepare(self, image, audio, *, face_box=None, face_index=None, crop: bool | None = None,
+                expand_ratio: float | None = None, min_resolution: int | None = None, duration=None,
+                config: SonicConfig | None = None) -> PreparedJob:
+        """Load and check the portrait and the audio (CPU only; fast). See `__call__` for arguments."""
+        base = config or self.config
+        overrides = {k: v for k, v in dict(crop=crop, expand_ratio=expand_ratio, min_resolution=min_resolution).items()
+                     if v is not None}
+        cfg = base.replace(**overrides) if overrides else base.validate()
+        clip = load_audio(audio, duration=duration)
+        if cfg.max_audio_seconds is not None and clip.seconds > cfg.max_audio_seconds:
+            clip = clip.trimmed(cfg.max_audio_seconds)
+        timeline = Timeline.from_samples(len(clip.samples))
+        portrait = prepare_portrait(image, detector=self.face_detector(), face_box=face_box, face_index=face_index,
+                                    crop=cfg.crop, expand_ratio=cfg.expand_ratio, min_resolution=cfg.min_resolution,
+                                    face_mask_area=cfg.face_mask_area, max_pixels=cfg.max_pixels)
+        return PreparedJob(portrait=portrait, audio=clip, timeline=timeline, config=cfg)
+
+    def face_detector(self):
+        """The release's yoloface when loaded, else the OpenCV fallback (built on first use)."""
+        if self.models.face_detector is None:
+            from .face_detectors import HaarFaceDetector
+
+            self.models.face_detector = HaarFaceDetector()
+        return self.models.face_detector
+
+    @torch.no_grad()
+    def encode(self, job: PreparedJob, *, dynamic_scale: float | None = None, motion_scale: float | None = None,
+               callback: ProgressCallback | None = None) -> Conditioning:
+        """Whisper features, audio tokens and buckets, CLIP embedding and reference latents (once each)."""
+        cfg = job.config.replace(**{k: v for k, v in dict(dynamic_scale=dynamic_scale, motion_scale=motion_scale).items()
+                                    if v is not None})
+        job = dataclasses.replace(job, config=cfg)
+        m = self.models
+        _report(callback, "conditioning", 0, 3)
+        with self._using(m.whisper):
+            hidden = whisper_hidden_states(m.whisper, job.audio.samples, device=self.device)
+        token_windows, bucket_windows = frame_windows(hidden, job.timeline.generated_frames)
+        _report(callback, "conditioning", 1, 3)
+        portrait = job.portrait
+        with self._using(m.image_encoder, m.vae):
+            clip_embeds = clip_image_embeds(m.image_encoder, portrait.clip_pixels.to(self.device, self.dtype))
+            ref_latent, image_latent = encode_reference(m.vae, portrait.pixels.to(self.device, self.dtype))
+        _report(callback, "conditioning", 2, 3)
+        with self._using(m.audio2token, m.audio2bucket):
+            # The windows are views of one padded copy; audio_conditioning moves one batch at a time.
+            audio = audio_conditioning(m.audio2token, m.audio2bucket, token_windows, bucket_windows,
+                                       clip_embeds.float(),
+                                       dynamic_scale=cfg.dynamic_scale, motion_scale=cfg.motion_scale)
+        _report(callback, "conditioning", 3, 3)
+        return Conditioning(job=job, ref_latent=ref_latent.float(), image_latent=image_latent.float(),
+                            clip_embeds=clip_embeds.float(), audio=audio,
+                            face_mask=portrait.face_mask.to(self.device, torch.float32))
+
+    @torch.no_grad()
+    def sample(self, cond: Conditioning, *, inference_steps: int | None = None, i2i_noise_strength: float | None = None,
+               seed: int | None = None, noise: torch.Tensor | None = None, callback: ProgressCallback | None = None,
+               **advanced) -> torch.Tensor:
+        """Denoise all frames; returns latents (1, N, 4, h, w) float32 on the CPU.
+
+        `advanced`: min_appearance_guidance, max_appearance_guidance, audio_guidance,
+        frames_per_window, window_overlap, shift_offset, ip_audio_scale.
+        """
+        allowed = {"min_appearance_guidance", "max_appearance_guidance", "audio_guidance", "frames_per_window",
+                   "window_overlap", "shift_offset", "ip_audio_scale", "fps"}
+        unknown = sorted(set(advanced) - allowed)
+        if unknown:
+            raise ParameterError(f"unknown sampling setting(s) {unknown}; valid: {sorted(allowed)}")
+        changes = {k: v for k, v in dict(inference_steps=inference_steps, i2i_noise_strength=i2i_noise_strength,
+                                         seed=seed, **advanced).items() if v is not None}
+        cfg = cond.job.config.replace(**changes)
+        portrait = cond.job.portrait
+        shape = (1, cond.num_frames, 4, portrait.height // LATENT_DOWNSCALE, portrait.width // LATENT_DOWNSCALE)
+        noise = _check_noise(noise, shape) if noise is not None else initial_noise(cfg.seed, shape)
+        schedule = make_schedule(self.models.scheduler_config, cfg.inference_steps, cfg.i2i_noise_strength)
+        unet = self.models.unet
+        _set_audio_scale(unet, cfg.ip_audio_scale)
+
+        def on_call(info) -> None:
+            _report(callback, "sampling", _get(info, "call"), _get(info, "total_calls"))
+
+        with self._using(unet):
+            latents = sample_latents(
+                _DtypeAdapter(unet, self.dtype), ref_latent=cond.ref_latent, image_latent=cond.image_latent,
+                clip_embeds=cond.clip_embeds, audio_tokens=cond.audio.tokens, null_tokens=cond.audio.null_tokens,
+                buckets=cond.audio.buckets, face_mask=cond.face_mask, schedule=schedule, noise=noise.to(self.device),
+                config=cfg, callback=on_call)
+        return latents.float().cpu()
+
+    def decode_iter(self, latents: torch.Tensor, *, decode_chunk_size: int | None = None,
+                    callback: ProgressCallback | None = None) -> Iterator[torch.Tensor]:
+        """Decode latents chunk by chunk: yields float32 [n, H, W, 3] CPU frames in [0, 1]."""
+        chunk = decode_chunk_size or self.config.decode_chunk_size
+        if not 1 <= chunk <= 1000:
+            raise ParameterError(f"decode_chunk_size must be between 1 and 1000, got {chunk}")
+        total = latents.shape[-4] if latents.dim() == 5 else latents.shape[0]
+        done = 0
+        with torch.no_grad(), self._using(self.models.vae):
+            for frames in decode_latents(self.models.vae, latents.to(self.device, self.dtype), chunk_size=chunk):
+                done += frames.shape[0]
+                _report(callback, "decode", done, total)
+                yield frames
+
+    def decode(self, latents: torch.Tensor, *, decode_chunk_size: int | None = None,
+               callback: ProgressCallback | None = None) -> torch.Tensor:
+        """Decode all latents: float32 [N, H, W, 3] in [0, 1] on the CPU."""
+        return torch.cat(list(self.decode_iter(latents, decode_chunk_size=decode_chunk_size, callback=callback)))
+
+    def interpolate_iter(self, frames, *, total: int | None = None,
+                         callback: ProgressCallback | None = None) -> Iterator[torch.Tensor]:
+        """RIFE 2x (12.5 -> 25 fps) over a tensor or an iterator of frame chunks, streamed."""
+        if self.models.rife is None:
+            raise ParameterError("frame interpolation needs RIFE/flownet.pkl, which was not loaded; "
+                                 "pass interpolate=False or load the pipeline with interpolation=True")
+        done = 0
+        with torch.no_grad(), self._using(self.models.rife):
+            for chunk in iter_double_frame_rate(self.models.rife, frames, device=self.device):
+                done += chunk.shape[0]
+                if total:
+                    _report(callback, "interpolate", done, 2 * total)
+                yield chunk
+
+    def interpolate(self, frames: torch.Tensor, *, callback: ProgressCallback | None = None) -> torch.Tensor:
+        """RIFE 2x: N frames at 12.5 fps -> 2N frames at 25 fps (float32 [2N, H, W, 3])."""
+        return torch.cat(list(self.interpolate_iter(frames, total=frames.shape[0], callback=callback)))
+
+    # ----------------------------------------------------------------------------- one call
+    def __call__(self, image, audio, *, face_box=None, face_index=None, crop: bool | None = None,
+                 expand_ratio: float | None = None, min_resolution: int | None = None, duration=None,
+                 inference_steps: int | None = None, dynamic_scale: float | None = None,
+                 motion_scale: float | None = None, i2i_noise_strength: float | None = None, seed: int | None = None,
+                 noise: torch.Tensor | None = None, interpolate: bool | None = None,
+                 decode_chunk_size: int | None = None, callback: ProgressCallback | None = None,
+                 postprocess=None, **advanced) -> SonicOutput:
+        """Generate a talking-head clip.
+
+        image: path, PIL image, uint8 RGB HxWx3 array or ComfyUI IMAGE tensor.
+        audio: path, `(waveform, sample_rate)` (waveform [T] or [C, T]) or ComfyUI AUDIO dict.
+        face_box: `(x1, y1, x2, y2)` in input-image pixels (skips detection), or "full" (whole
+            image, no crop). crop: square crop around the face (default True).
+        duration: seconds of audio to use (None/0: all of it; longer than the audio is an error).
+        seed: None uses the config seed (72589, the official one); `noise`, a float32 tensor
+            (1, N, 4, H/8, W/8), replaces the random draw for exact reproducibility.
+        postprocess: a `sonic.postprocess.PostProcessOptions` (sync calibration, smoothing,
+            colour match, paste-back, output fps) applied to the finished frames.
+        Returns a `SonicOutput` with frames at 25 fps (12.5 with interpolate=False).
+        """
+        job = self.prepare(image, audio, face_box=face_box, face_index=face_index, crop=crop,
+                           expand_ratio=expand_ratio, min_resolution=min_resolution, duration=duration)
+        cond = self.encode(job, dynamic_scale=dynamic_scale, motion_scale=motion_scale, callback=callback)
+        latents = self.sample(cond, inference_steps=inference_steps, i2i_noise_strength=i2i_noise_strength,
+                              seed=seed, noise=noise, callback=callback, **advanced)
+        do_interpolate = self.config.interpolate if interpolate is None else interpolate
+        frames = self.decode(latents, decode_chunk_size=decode_chunk_size, callback=callback)
+        if do_interpolate:
+            frames = self.interpolate(frames, callback=callback)
+        cfg = cond.job.config.replace(interpolate=do_interpolate)
+        fps = job.timeline.output_fps(do_interpolate)
+        soundtrack = soundtrack_for(job, frames.shape[0] / fps)
+        out = SonicOutput(frames=frames, fps=fps, audio=soundtrack, sample_rate=job.audio.original_rate,
+                          crop_box=tuple(job.portrait.crop_box), timeline=job.timeline, config=cfg)
+        if postprocess is not None:
+            out = apply_postprocess_to_output(out, job, postprocess)
+        return out
+
+
+# --------------------------------------------------------------------------------- helpers
+def soundtrack_for(job: PreparedJob, seconds: float) -> np.ndarray:
+    """The original audio (its rate and channels) cut or zero-padded to exactly `seconds`."""
+    original = job.audio.original
+    wanted = int(round(seconds * job.audio.original_rate))
+    if original.shape[1] >= wanted:
+        return np.ascontiguousarray(original[:, :wanted])
+    return np.pad(original, ((0, 0), (0, wanted - original.shape[1])))
+
+
+def apply_postprocess_to_output(out: SonicOutput, job: PreparedJob, options) -> SonicOutput:
+    from .postprocess import apply_postprocess
+
+    result = apply_postprocess(out.frames, out.fps, out.audio, out.sample_rate, options=options,
+                               reference_crop=job.portrait, crop_box=job.portrait.crop_box,
+                               original_image=job.portrait.original)
+    return dataclasses.replace(out, frames=result.frames, fps=result.fps, audio=result.audio,
+                               sample_rate=result.sample_rate, report={**out.report, "postprocess": result.report})
+
+
+def _report(callback: ProgressCallback | None, stage: str, done: int, total: int) -> None:
+    if callback is not None:
+        callback(ProgressInfo(stage=stage, done=int(done), total=int(total)))
+
+
+def _get(info, key):
+    return info[key] if isinstance(info, dict) else getattr(info, key)
+
+
+def _check_noise(noise: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    if not isinstance(noise, torch.Tensor):
+        raise ParameterError(f"noise must be a torch tensor of shape {shape}, got {type(noise).__name__}")
+    if tuple(noise.shape) != tuple(shape):
+        raise ParameterError(f"noise has shape {tuple(noise.shape)} but this job needs {tuple(shape)} "
+                             f"(1, frames, 4, height/8, width/8)")
+    if not torch.isfinite(noise).all():
+        raise ParameterError("noise contains NaN or infinite values")
+    return noise.float()
+
+
+def _set_audio_scale(unet, scale: float) -> None:
+    setter = getattr(unet, "set_audio_scale", None)
+    if setter is not None:
+        setter(scale)
+
+
+class _DtypeAdapter:
+    """Feeds the UNet in its dtype and hands float32 back, so the sampler's math stays fp32."""
+
+    def __init__(self, unet, dtype):
+        self.unet, self.dtype = unet, dtype
+
+    def __call__(self, sample, timestep, clip_context, audio_context, added_time_ids, face_mask):
+        d = self.dtype
+        out = self.unet(sample.to(d), timestep, clip_context.to(d), audio_context.to(d), added_time_ids.to(d),
+                        None if face_mask is None else face_mask.to(d))
+        return out.float()

@@ -1,0 +1,101 @@
+"""End-to-end runs of `SonicPipeline` on the tiny zoo built from the golden weights (CPU, fp32)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sonic import ParameterError, SonicPipeline
+from sonic.errors import Interrupted
+
+from conftest import FACE, SR, speech_like
+
+SMALL = dict(face_box=FACE, min_resolution=64, inference_steps=4)
+
+
+@pytest.fixture(scope="session")
+def pipe(tiny_zoo, torch_threads):
+    return SonicPipeline.from_pretrained(tiny_zoo, device="cpu", dtype="fp32", face_detector=False)
+
+
+def test_tiny_run_shapes_fps_and_soundtrack(pipe, portrait):
+    audio = speech_like(1.0)
+    out = pipe(portrait, (audio, SR), **SMALL)
+    n = (len(audio) // 640) // 2  # generated frames at 12.5 fps
+    assert out.fps == 25.0
+    assert out.frames.dtype == torch.float32
+    assert out.frames.shape[0] == 2 * n
+    assert out.frames.shape[3] == 3 and out.frames.shape[1] % 64 == 0 and out.frames.shape[2] % 64 == 0
+    assert 0.0 <= float(out.frames.min()) and float(out.frames.max()) <= 1.0
+    # The soundtrack spans exactly the video.
+    assert out.audio.shape[1] == round(out.frames.shape[0] / out.fps * out.sample_rate)
+
+
+def test_same_seed_same_frames_different_seed_differs(pipe, portrait):
+    audio = (speech_like(0.8), SR)
+    a = pipe(portrait, audio, seed=0, interpolate=False, **SMALL)
+    b = pipe(portrait, audio, seed=0, interpolate=False, **SMALL)
+    c = pipe(portrait, audio, seed=1, interpolate=False, **SMALL)
+    assert a.fps == 12.5
+    assert torch.equal(a.frames, b.frames)
+    assert not torch.equal(a.frames, c.frames)
+
+
+def test_injected_noise_equals_seeded_noise(pipe, portrait):
+    from sonic.sampler import initial_noise
+
+    audio = (speech_like(0.8), SR)
+    job = pipe.prepare(portrait, audio, face_box=FACE, min_resolution=64)
+    shape = (1, job.timeline.generated_frames, 4, job.portrait.height // 8, job.portrait.width // 8)
+    noise = initial_noise(5, shape)
+    by_seed = pipe(portrait, audio, seed=5, interpolate=False, **SMALL)
+    by_noise = pipe(portrait, audio, seed=99, noise=noise, interpolate=False, **SMALL)
+    assert torch.equal(by_seed.frames, by_noise.frames)
+    with pytest.raises(ParameterError, match="noise has shape"):
+        pipe(portrait, audio, noise=noise[:, :1], interpolate=False, **SMALL)
+
+
+def test_stages_compose_to_the_one_call(pipe, portrait):
+    audio = (speech_like(0.6), SR)
+    whole = pipe(portrait, audio, seed=3, **SMALL)
+    job = pipe.prepare(portrait, audio, face_box=FACE, min_resolution=64)
+    cond = pipe.encode(job)
+    latents = pipe.sample(cond, inference_steps=4, seed=3)
+    frames = pipe.interpolate(pipe.decode(latents))
+    assert torch.equal(frames, whole.frames)
+
+
+def test_callback_reports_every_stage_and_can_cancel(pipe, portrait):
+    seen = []
+    pipe(portrait, (speech_like(0.6), SR), callback=seen.append, **SMALL)
+    stages = {i.stage for i in seen}
+    assert {"conditioning", "sampling", "decode", "interpolate"} <= stages
+    sampling = [i for i in seen if i.stage == "sampling"]
+    assert sampling[-1].done == sampling[-1].total == len(sampling)
+
+    def cancel(info):
+        if info.stage == "sampling" and info.done == 2:
+            raise Interrupted("stop")
+
+    with pytest.raises(Interrupted):
+        pipe(portrait, (speech_like(0.6), SR), callback=cancel, **SMALL)
+
+
+def test_settings_do_not_leak_between_runs(pipe, portrait):
+    audio = (speech_like(0.6), SR)
+    first = pipe(portrait, audio, seed=2, interpolate=False, **SMALL)
+    pipe(portrait, audio, seed=2, interpolate=False, dynamic_scale=1.7, motion_scale=0.3, **SMALL)
+    again = pipe(portrait, audio, seed=2, interpolate=False, **SMALL)
+    assert torch.equal(first.frames, again.frames)
+    assert pipe.config.dynamic_scale == 1.0
+
+
+def test_absurd_parameters_are_refused_before_work(pipe, portrait):
+    audio = (speech_like(0.6), SR)
+    with pytest.raises(ParameterError, match="leaves"):
+        pipe(portrait, audio, face_box=FACE, min_resolution=64, inference_steps=1, i2i_noise_strength=0.7)
+    with pytest.raises(ParameterError, match="inference_steps"):
+        pipe(portrait, audio, face_box=FACE, min_resolution=64, inference_steps=0)
+    with pytest.raises(ParameterError, match="longer"):
+        pipe(portrait, audio, face_box=FACE, min_resolution=64, duration=5.0)

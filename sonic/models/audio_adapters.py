@@ -39,17 +39,10 @@ def _divide(total: int, part: int, what: str, model: str) -> int:
 
 
 def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], model: str) -> nn.Module:
-    """Load `state_dict` with exact key names and shapes; `WeightsError` naming the differences."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong = sorted(key for key in set(expected) & set(state_dict)
-                   if tuple(expected[key].shape) != tuple(state_dict[key].shape))
-    if missing or unexpected or wrong:
-        raise WeightsError(f"{model}: the weights do not match the model: missing {missing}, unexpected {unexpected}, "
-                           f"wrong shape {wrong}; use the official {model}.pth")
-    module.load_state_dict(dict(state_dict), strict=True)
-    return module
+    """Load `state_dict` with exact key names and shapes (`WeightsError` listing the differences)."""
+    from ..weights import HINTS, load_strict as load_checked
+
+    return load_checked(module, state_dict, path=f"the given {model} weights", what=model, hints=HINTS[model])
 
 
 class AudioToTokens(nn.Module):

@@ -20,19 +20,10 @@ from ..config import VAE_SCALING_FACTOR
 from ..errors import ParameterError, WeightsError
 
 
-def _load_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str, source_hint: str) -> None:
-    expected = set(model.state_dict())
-    given = set(state_dict)
-    missing = sorted(expected - given)
-    unexpected = sorted(given - expected)
-    if missing or unexpected:
-        raise WeightsError(f"{what} weights do not match its config: {len(missing)} missing (e.g. {missing[:3]}), "
-                           f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); {source_hint}")
-    try:
-        model.load_state_dict(dict(state_dict), strict=True)
-    except RuntimeError as exc:  # shape mismatch: config and weights come from different models
-        detail = " ".join(str(exc).split())[:500]
-        raise WeightsError(f"{what} weights do not match its config ({detail}); {source_hint}") from exc
+def _load_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], role: str, what: str) -> None:
+    from ..weights import HINTS, load_strict
+
+    load_strict(model, state_dict, path=f"the given {what} weights", what=what, hints=HINTS[role])
 
 
 def _place(model: torch.nn.Module, device, dtype) -> torch.nn.Module:
@@ -54,8 +45,7 @@ def build_vae(config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor] 
 
     vae = AutoencoderKLTemporalDecoder.from_config(dict(config))
     if state_dict is not None:
-        _load_strict(vae, state_dict, "SVD VAE",
-                     "use the vae/ folder of stabilityai/stable-video-diffusion-img2vid-xt or svd_xt.safetensors")
+        _load_strict(vae, state_dict, "vae", "SVD VAE")
     return _place(vae, device, dtype)
 
 
@@ -124,8 +114,7 @@ def build_clip_image_encoder(config: Mapping[str, Any], state_dict: Mapping[str,
     values.pop("architectures", None)
     model = CLIPVisionModelWithProjection(CLIPVisionConfig.from_dict(values))
     if state_dict is not None:
-        _load_strict(model, state_dict, "CLIP image encoder",
-                     "use the image_encoder/ folder of stabilityai/stable-video-diffusion-img2vid-xt or svd_xt.safetensors")
+        _load_strict(model, state_dict, "image_encoder", "CLIP image encoder")
     return _place(model, device, dtype)
 
 

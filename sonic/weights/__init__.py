@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from .checking import (HINTS, RELEASE_NAMES, check_state_dict, hint_audio2bucket_as_audio2token,
                        hint_audio2token_as_audio2bucket, hint_rife_prefix, hint_stock_svd_unet, hint_wrong_model,
-                       identify_weights, load_strict, rife_state_dict, shapes_of)
+                       identify_weights, load_strict, shapes_of)
+from ..models.rife import rife_state_dict
 from .convert import convert_checkpoints, convert_file, safetensors_digests, state_dict_digests, tensor_digest
 from .locate import (BUILTIN_SVD_CONFIGS, SONIC_REPO, SVD_REPO, WHISPER_REPO, ModelFiles, find_model_files)
 from .reading import load_torchscript, read_safetensors_metadata, read_state_dict, unsafe_pickle_globals

@@ -121,16 +121,6 @@ HINTS: dict[str, tuple[Hint, ...]] = {
 }
 
 
-def rife_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The official flownet.pkl rule: keep keys containing `module.` and delete that substring.
-
-    A file without any `module.` key (already stripped) is returned unchanged.
-    """
-    if not any("module." in k for k in state_dict):
-        return dict(state_dict)
-    return {k.replace("module.", ""): v for k, v in state_dict.items() if "module." in k}
-
-
 def check_state_dict(state_dict: Mapping[str, torch.Tensor], expected_shapes: Mapping[str, tuple], *,
                      path, what: str, hints: Iterable[Hint] = ()) -> None:
     """Raise one `WeightsError` unless the keys and shapes equal `expected_shapes` exactly."""

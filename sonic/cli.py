@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = sub.add_parser("convert", help="rewrite .pth/.pkl weights as .safetensors twins (verified)")
     convert.add_argument("--models", required=True)
+    convert.add_argument("--trust-pickles", action="store_true",
+                         help="also convert pickles that need Python classes (runs their code: only in a sandbox, "
+                              "only for files you trust)")
     convert.set_defaults(run=run_convert)
 
     zoo = sub.add_parser("make-tiny-zoo", help="write a tiny random-weight model folder (for trying the tools)")
@@ -140,22 +143,29 @@ def run_generate(args) -> int:
     pipe = SonicPipeline.from_pretrained(args.models, device=args.device, dtype=args.dtype,
                                          memory_policy=args.memory_policy, svd_checkpoint=args.svd_checkpoint,
                                          face_detector=face_box is None, interpolation=not args.no_interpolate)
+    settings = dict(face_box=face_box, face_index=args.face_index, crop=False if args.no_crop else None,
+                    expand_ratio=args.expand_ratio, min_resolution=args.min_resolution, duration=args.duration,
+                    inference_steps=args.steps, dynamic_scale=args.dynamic_scale, motion_scale=args.motion_scale,
+                    i2i_noise_strength=args.i2i_noise_strength, seed=args.seed, interpolate=not args.no_interpolate,
+                    decode_chunk_size=args.decode_chunk_size, callback=progress)
     try:
-        out = pipe(args.image, args.audio, face_box=face_box, face_index=args.face_index,
-                   crop=False if args.no_crop else None, expand_ratio=args.expand_ratio,
-                   min_resolution=args.min_resolution, duration=args.duration, inference_steps=args.steps,
-                   dynamic_scale=args.dynamic_scale, motion_scale=args.motion_scale,
-                   i2i_noise_strength=args.i2i_noise_strength, seed=args.seed, interpolate=not args.no_interpolate,
-                   decode_chunk_size=args.decode_chunk_size, callback=progress, postprocess=postprocess)
+        # Without post-processing the frames stream from the decoder into the encoder.
+        out = pipe(args.image, args.audio, postprocess=postprocess, **settings) if postprocess \
+            else pipe.stream(args.image, args.audio, **settings)
+        metadata = provenance(args.image, args.audio, out.config, extra=out.report)
+        write_mp4(out_path, out.frames, fps=out.fps, audio=out.audio, sample_rate=out.sample_rate, crf=args.crf,
+                  preset=args.preset, metadata=metadata, overwrite=args.overwrite)
     finally:
         progress.close()
-    metadata = provenance(args.image, args.audio, out.config, extra=out.report)
-    write_mp4(out_path, out.frames, fps=out.fps, audio=out.audio, sample_rate=out.sample_rate, crf=args.crf,
-              preset=args.preset, metadata=metadata, overwrite=args.overwrite)
+    num_frames = out.frames.shape[0] if isinstance(out.frames, torch.Tensor) else out.timeline.output_frames(
+        out.config.interpolate)
+    width, height = out.job.portrait.width, out.job.portrait.height
     seconds = time.perf_counter() - started
     peak = peak_memory_summary(torch, pipe.device)
-    print(f"wrote {out_path}: {out.frames.shape[0]} frames at {out.fps:g} fps = {out.seconds:.2f} s of video, "
-          f"{out.frames.shape[2]}x{out.frames.shape[1]} px, in {seconds:.1f} s ({peak})")
+    if isinstance(out.frames, torch.Tensor):
+        height, width = out.frames.shape[1:3]
+    print(f"wrote {out_path}: {num_frames} frames at {out.fps:g} fps = {num_frames / out.fps:.2f} s of video, "
+          f"{width}x{height} px, in {seconds:.1f} s ({peak})")
     return 0
 
 
@@ -191,41 +201,32 @@ def postprocess_options(args):
 
 
 def provenance(image, audio, config, extra=None) -> dict:
-    """Tags written into the MP4: AI-generated notice, tool, settings, SHA-256 of the inputs."""
+    """What the MP4's Sonic tag records besides the AI-generated notice (added by write_mp4):
+    the settings and the SHA-256 of the input image and audio, so any output can be traced."""
     import dataclasses
 
-    return {
-        "comment": "AI-generated talking-head video (Sonic). Not a recording of a real event.",
-        "ai_generated": "true",
-        "tool": f"sonic-comfyui {__version__}",
-        "parameters": json.dumps(dataclasses.asdict(config), sort_keys=True),
-        "source_image_sha256": sha256_of(image),
-        "source_audio_sha256": sha256_of(audio),
-        **({"postprocess": json.dumps(extra.get("postprocess"), default=str)} if extra and "postprocess" in extra else {}),
-    }
+    record = {"parameters": dataclasses.asdict(config), "image_sha256": sha256_of(image),
+              "audio_sha256": sha256_of(audio)}
+    if extra and "postprocess" in extra:
+        record["postprocess"] = json.loads(json.dumps(extra["postprocess"], default=str))
+    return record
 
 
 def sha256_of(source) -> str:
     """SHA-256 of a file, or of an array's/tensor's bytes."""
-    digest = hashlib.sha256()
     if isinstance(source, (str, Path)) and Path(source).is_file():
-        with open(source, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
-    try:
-        import numpy as np
+        from .video import sha256_file
 
-        if isinstance(source, dict):
-            source = source.get("waveform")
-        if isinstance(source, tuple):
-            source = source[0]
-        if hasattr(source, "detach"):
-            source = source.detach().cpu().numpy()
-        digest.update(np.ascontiguousarray(np.asarray(source)).tobytes())
-        return digest.hexdigest()
-    except Exception:  # an exotic input type: provenance is best effort, never a failure
-        return "unknown"
+        return sha256_file(source)
+    import numpy as np
+
+    if isinstance(source, dict):
+        source = source.get("waveform")
+    if isinstance(source, tuple):
+        source = source[0]
+    if hasattr(source, "detach"):
+        source = source.detach().cpu().numpy()
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(source)).tobytes()).hexdigest()
 
 
 def peak_memory_summary(torch, device) -> str:
@@ -279,7 +280,7 @@ def run_doctor(args) -> int:
 def run_convert(args) -> int:
     from .weights import convert_checkpoints
 
-    written = convert_checkpoints(args.models)
+    written = convert_checkpoints(args.models, trust_pickles=args.trust_pickles)
     for path in written:
         print(f"ok {path}")
     if not written:

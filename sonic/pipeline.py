@@ -81,7 +81,7 @@ class Conditioning:
 class SonicOutput:
     """A finished generation. `frames` are unquantised float32 [T, H, W, 3] in [0, 1]."""
 
-    frames: torch.Tensor
+    frames: torch.Tensor  # (from `stream`: an iterator of [n, H, W, 3] chunks instead)
     fps: float
     audio: np.ndarray  # float32 [C, S]: the soundtrack that matches the frames
     sample_rate: int
@@ -89,10 +89,13 @@ class SonicOutput:
     timeline: Timeline
     config: SonicConfig
     report: dict[str, Any] = field(default_factory=dict)
+    job: PreparedJob | None = None  # the prepared inputs (portrait crop, face box, audio clip)
 
     @property
     def seconds(self) -> float:
-        return self.frames.shape[0] / self.fps
+        if isinstance(self.frames, torch.Tensor):
+            return self.frames.shape[0] / self.fps
+        return self.timeline.output_frames(self.config.interpolate) / self.fps
 
 
 @dataclass
@@ -122,6 +125,7 @@ class SonicPipeline:
         self.dtype = dtype
         self.memory_policy = memory_policy
         self.config = (config or SonicConfig()).validate()
+        self._lent: set[int] = set()  # ids of modules `_using` has moved onto the device right now
         self._place_models()
 
     # ----------------------------------------------------------------------------- loading
@@ -173,9 +177,10 @@ class SonicPipeline:
     @contextlib.contextmanager
     def _using(self, *modules: torch.nn.Module):
         """Move modules to the device for one stage and back to their resting place after."""
-        moved = [m for m in modules if m is not None and self._home(m) != self.device]
+        moved = [m for m in modules if m is not None and self._home(m) != self.device and id(m) not in self._lent]
         for m in moved:
             m.to(self.device)
+            self._lent.add(id(m))
         try:
             yield
         except torch.OutOfMemoryError as exc:
@@ -186,6 +191,7 @@ class SonicPipeline:
         finally:
             for m in moved:
                 m.to("cpu")
+                self._lent.discard(id(m))
             if moved and self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -195,6 +201,19 @@ class SonicPipeline:
                  "whisper": self.models.whisper, "audio2token": self.models.audio2token,
                  "audio2bucket": self.models.audio2bucket, "rife": self.models.rife}
         return {k: str(next(m.parameters()).device) for k, m in names.items() if m is not None}
+
+    def resident_modules(self) -> set[str]:
+        """Names of the models the memory policy holds on the pipeline's device right now (its
+        resting place is the device, or a running stage moved it there). On a GPU this equals the
+        models `module_devices()` reports there; `sonic.bench` checks that in every stage."""
+        return {name for name, m in self._named_models().items()
+                if self._home(m) == self.device or id(m) in self._lent}
+
+    def _named_models(self) -> dict[str, torch.nn.Module]:
+        names = {"unet": self.models.unet, "vae": self.models.vae, "image_encoder": self.models.image_encoder,
+                 "whisper": self.models.whisper, "audio2token": self.models.audio2token,
+                 "audio2bucket": self.models.audio2bucket, "rife": self.models.rife}
+        return {k: m for k, m in names.items() if m is not None}
 
     # ----------------------------------------------------------------------------- stages
     def prepare(self, image, audio, *, face_box=None, face_index=None, crop: bool | None = None,
@@ -343,23 +362,46 @@ class SonicPipeline:
             colour match, paste-back, output fps) applied to the finished frames.
         Returns a `SonicOutput` with frames at 25 fps (12.5 with interpolate=False).
         """
-        job = self.prepare(image, audio, face_box=face_box, face_index=face_index, crop=crop,
-                           expand_ratio=expand_ratio, min_resolution=min_resolution, duration=duration)
-        cond = self.encode(job, dynamic_scale=dynamic_scale, motion_scale=motion_scale, callback=callback)
-        latents = self.sample(cond, inference_steps=inference_steps, i2i_noise_strength=i2i_noise_strength,
-                              seed=seed, noise=noise, callback=callback, **advanced)
-        do_interpolate = self.config.interpolate if interpolate is None else interpolate
-        frames = self.decode(latents, decode_chunk_size=decode_chunk_size, callback=callback)
-        if do_interpolate:
-            frames = self.interpolate(frames, callback=callback)
-        cfg = cond.job.config.replace(interpolate=do_interpolate)
-        fps = job.timeline.output_fps(do_interpolate)
-        soundtrack = soundtrack_for(job, frames.shape[0] / fps)
-        out = SonicOutput(frames=frames, fps=fps, audio=soundtrack, sample_rate=job.audio.original_rate,
-                          crop_box=tuple(job.portrait.crop_box), timeline=job.timeline, config=cfg)
         if postprocess is not None:
-            out = apply_postprocess_to_output(out, job, postprocess)
-        return out
+            interpolate_first = self.config.interpolate if interpolate is None else interpolate
+            out = self(image, audio, face_box=face_box, face_index=face_index, crop=crop, expand_ratio=expand_ratio,
+                       min_resolution=min_resolution, duration=duration, inference_steps=inference_steps,
+                       dynamic_scale=dynamic_scale, motion_scale=motion_scale, i2i_noise_strength=i2i_noise_strength,
+                       seed=seed, noise=noise, interpolate=interpolate_first, decode_chunk_size=decode_chunk_size,
+                       callback=callback, **advanced)
+            return apply_postprocess_to_output(out, postprocess)
+        stream = self.stream(image, audio, face_box=face_box, face_index=face_index, crop=crop,
+                             expand_ratio=expand_ratio, min_resolution=min_resolution, duration=duration,
+                             inference_steps=inference_steps, dynamic_scale=dynamic_scale, motion_scale=motion_scale,
+                             i2i_noise_strength=i2i_noise_strength, seed=seed, noise=noise, interpolate=interpolate,
+                             decode_chunk_size=decode_chunk_size, callback=callback, **advanced)
+        return dataclasses.replace(stream, frames=torch.cat(list(stream.frames)))
+
+    def stream(self, image, audio, *, interpolate: bool | None = None, decode_chunk_size: int | None = None,
+               callback: ProgressCallback | None = None, **kwargs) -> SonicOutput:
+        """Like `__call__` (without post-processing), but `frames` is an iterator of frame chunks
+        produced while they are consumed: decode and interpolation are streamed, so a long video
+        never sits in memory as a whole (e.g. feed it to `sonic.video.write_mp4`). The number of
+        frames is known up front: `timeline.output_frames(interpolate)`."""
+        prepare_keys = {"face_box", "face_index", "crop", "expand_ratio", "min_resolution", "duration"}
+        encode_keys = {"dynamic_scale", "motion_scale"}
+        job = self.prepare(image, audio, **{k: v for k, v in kwargs.items() if k in prepare_keys})
+        cond = self.encode(job, callback=callback, **{k: v for k, v in kwargs.items() if k in encode_keys})
+        sample_kwargs = {k: v for k, v in kwargs.items() if k not in prepare_keys | encode_keys}
+        latents = self.sample(cond, callback=callback, **sample_kwargs)
+        settings = {k: v for k, v in sample_kwargs.items() if v is not None and k != "noise"}
+        do_interpolate = self.config.interpolate if interpolate is None else interpolate
+        frames = self.decode_iter(latents, decode_chunk_size=decode_chunk_size, callback=callback)
+        if do_interpolate:
+            frames = self.interpolate_iter(frames, total=job.timeline.generated_frames, callback=callback)
+        frames = _hold_last_frame(frames, job.timeline.held_frames(do_interpolate))
+        fps = job.timeline.output_fps(do_interpolate)
+        seconds = job.timeline.output_frames(do_interpolate) / fps
+        return SonicOutput(frames=frames, fps=fps, audio=soundtrack_for(job, seconds),
+                           sample_rate=job.audio.original_rate, crop_box=tuple(job.portrait.crop_box),
+                           timeline=job.timeline,
+                           config=cond.job.config.replace(interpolate=do_interpolate, **settings),
+                           job=job)
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -372,14 +414,38 @@ def soundtrack_for(job: PreparedJob, seconds: float) -> np.ndarray:
     return np.pad(original, ((0, 0), (0, wanted - original.shape[1])))
 
 
-def apply_postprocess_to_output(out: SonicOutput, job: PreparedJob, options) -> SonicOutput:
+def apply_postprocess_to_output(out: SonicOutput, options) -> SonicOutput:
     from .postprocess import apply_postprocess
 
+    portrait = out.job.portrait
     result = apply_postprocess(out.frames, out.fps, out.audio, out.sample_rate, options=options,
-                               reference_crop=job.portrait, crop_box=job.portrait.crop_box,
-                               original_image=job.portrait.original)
+                               reference_crop=reference_image(portrait), crop_box=portrait.crop_box,
+                               original_image=portrait.original, face_box_in_crop=face_box_in_frame(portrait))
     return dataclasses.replace(out, frames=result.frames, fps=result.fps, audio=result.audio,
                                sample_rate=result.sample_rate, report={**out.report, "postprocess": result.report})
+
+
+def reference_image(portrait: PreparedPortrait) -> torch.Tensor:
+    """The model-input picture as float32 [H, W, 3] in [0, 1] (what the frames should look like)."""
+    return (portrait.pixels[0].permute(1, 2, 0) * 0.5 + 0.5).clamp(0, 1)
+
+
+def face_box_in_frame(portrait: PreparedPortrait) -> tuple[float, float, float, float]:
+    """The face box in generated-frame pixels (the crop scaled to the model resolution)."""
+    cx1, cy1, cx2, cy2 = portrait.crop_box
+    sx, sy = portrait.width / (cx2 - cx1), portrait.height / (cy2 - cy1)
+    f = portrait.face_box
+    return ((f.x1 - cx1) * sx, (f.y1 - cy1) * sy, (f.x2 - cx1) * sx, (f.y2 - cy1) * sy)
+
+
+def _hold_last_frame(chunks: Iterator[torch.Tensor], copies: int) -> Iterator[torch.Tensor]:
+    """Pass the chunks through, then repeat the very last frame `copies` times."""
+    last = None
+    for chunk in chunks:
+        last = chunk
+        yield chunk
+    if copies > 0 and last is not None:
+        yield last[-1:].expand(copies, *last.shape[1:]).clone()
 
 
 def _report(callback: ProgressCallback | None, stage: str, done: int, total: int) -> None:

@@ -79,8 +79,18 @@ class Timeline:
         return self.generated_frames / GENERATED_FPS
 
     def output_frames(self, interpolate: bool) -> int:
-        """Frames written to the video: `2N` at 25 fps with RIFE (last frame held), else `N` at 12.5 fps."""
-        return self.generated_frames * (INTERPOLATION_FACTOR if interpolate else 1)
+        """Frames written to the video: `round(audio_seconds * fps)`, so the video ends with its audio.
+
+        The model makes `N` frames (`2N` after RIFE, whose last frame is held once); the audio
+        after the last whole 80 ms block (at most 2 frames at 25 fps) is covered by holding the
+        last frame, instead of cutting the end of the speech off as the reference does.
+        """
+        made = self.generated_frames * (INTERPOLATION_FACTOR if interpolate else 1)
+        return max(made, round(self.audio_seconds * self.output_fps(interpolate)))
+
+    def held_frames(self, interpolate: bool) -> int:
+        """Copies of the last frame appended after the generated (and interpolated) frames."""
+        return self.output_frames(interpolate) - self.generated_frames * (INTERPOLATION_FACTOR if interpolate else 1)
 
     def output_fps(self, interpolate: bool) -> float:
         """Frame rate of the written video in frames per second."""

@@ -22,10 +22,9 @@ def pipe(tiny_zoo, torch_threads):
 def test_tiny_run_shapes_fps_and_soundtrack(pipe, portrait):
     audio = speech_like(1.0)
     out = pipe(portrait, (audio, SR), **SMALL)
-    n = (len(audio) // 640) // 2  # generated frames at 12.5 fps
     assert out.fps == 25.0
     assert out.frames.dtype == torch.float32
-    assert out.frames.shape[0] == 2 * n
+    assert out.frames.shape[0] == 25  # 1.0 s: N = 12 generated frames -> 24 after RIFE, + 1 held
     assert out.frames.shape[3] == 3 and out.frames.shape[1] % 64 == 0 and out.frames.shape[2] % 64 == 0
     assert 0.0 <= float(out.frames.min()) and float(out.frames.max()) <= 1.0
     # The soundtrack spans exactly the video.
@@ -63,7 +62,10 @@ def test_stages_compose_to_the_one_call(pipe, portrait):
     cond = pipe.encode(job)
     latents = pipe.sample(cond, inference_steps=4, seed=3)
     frames = pipe.interpolate(pipe.decode(latents))
-    assert torch.equal(frames, whole.frames)
+    held = job.timeline.held_frames(True)  # 0.6 s = 15 frames at 25 fps: 14 made, the last one held once more
+    assert held == 1 and whole.frames.shape[0] == frames.shape[0] + held
+    assert torch.equal(frames, whole.frames[:frames.shape[0]])
+    assert torch.equal(whole.frames[-1], frames[-1])
 
 
 def test_callback_reports_every_stage_and_can_cancel(pipe, portrait):
@@ -99,3 +101,16 @@ def test_absurd_parameters_are_refused_before_work(pipe, portrait):
         pipe(portrait, audio, face_box=FACE, min_resolution=64, inference_steps=0)
     with pytest.raises(ParameterError, match="longer"):
         pipe(portrait, audio, face_box=FACE, min_resolution=64, duration=5.0)
+
+
+def test_postprocess_through_the_pipeline(pipe, portrait):
+    from sonic.postprocess import PostProcessOptions
+
+    options = PostProcessOptions(colour_match=True, smoothing=0.5, paste_back=True, output_fps=30.0)
+    plain = pipe(portrait, (speech_like(1.0), SR), **SMALL)
+    out = pipe(portrait, (speech_like(1.0), SR), postprocess=options, **SMALL)
+    assert tuple(out.frames.shape[1:3]) == portrait.shape[:2]  # the original framing (80x72, even)
+    assert out.fps == 30.0
+    assert abs(out.frames.shape[0] / 30.0 - plain.frames.shape[0] / 25.0) <= 1 / 30
+    assert abs(out.audio.shape[1] / out.sample_rate - out.frames.shape[0] / 30.0) <= 1 / 30
+    assert {"colour_match", "smoothing", "fps"} <= set(out.report["postprocess"])

@@ -29,8 +29,9 @@ def test_frame_counts(seconds, audio_frames, generated):
     assert timeline.whisper_steps == 2 * audio_frames
     assert timeline.covered_samples == generated * 1280
     assert timeline.video_seconds == pytest.approx(generated / 12.5)
-    assert timeline.output_frames(True) == 2 * generated
-    assert timeline.output_frames(False) == generated
+    assert timeline.output_frames(True) == max(2 * generated, round(seconds * 25))
+    assert timeline.output_frames(False) == max(generated, round(seconds * 12.5))
+    assert 0 <= timeline.held_frames(True) <= 2 and 0 <= timeline.held_frames(False) <= 1
     assert timeline.output_fps(True) == 25.0
     assert timeline.output_fps(False) == 12.5
 
@@ -44,7 +45,9 @@ def test_video_spans_the_audio_within_one_generated_frame(num_samples):
     assert timeline.covered_samples <= num_samples < timeline.covered_samples + 1280
     for interpolate in (True, False):
         frames, fps = timeline.output_frames(interpolate), timeline.output_fps(interpolate)
-        assert frames / fps == pytest.approx(timeline.video_seconds, abs=1e-12)
+        # The written video (generated frames + the last one held) ends with the audio.
+        assert abs(frames / fps - audio_seconds) <= 0.5 / fps + 1e-12
+        assert frames == timeline.held_frames(interpolate) + timeline.generated_frames * (2 if interpolate else 1)
 
 
 @pytest.mark.parametrize("num_samples", [0, 1, 1600, 3199])

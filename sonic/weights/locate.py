@@ -146,11 +146,12 @@ def find_model_files(models_dir, *, need_face_detector: bool = True, need_interp
     if models_dir is None or str(models_dir).strip() == "":
         raise WeightsError("no weights folder given: pass the official checkpoints/ folder or ComfyUI's models/ folder")
     models_dir = Path(models_dir).expanduser()
-    if not models_dir.is_dir():
-        what = "is a file, not a folder" if models_dir.exists() else "does not exist"
+    if models_dir.exists() and not models_dir.is_dir():
         raise WeightsError(
-            f"weights folder {models_dir} {what}. Pass the folder holding Sonic/, whisper-tiny/ and "
+            f"weights folder {models_dir} is a file, not a folder. Pass the folder holding Sonic/, whisper-tiny/ and "
             f"{SVD_FOLDER}/ (official layout) or ComfyUI's models/ folder (with models/sonic/).")
+    # A folder that does not exist yet is searched like an empty one, so the error below lists
+    # every file to download and exactly where it goes.
     layout, target, checkpoints_dir = _layout_and_target(models_dir)
     roots = _search_roots(models_dir)
     if target not in roots:
@@ -247,6 +248,9 @@ def _svd_fields(svd_dir, vae_w, image_w, single, builtin, config) -> dict:
 def _missing_message(missing: list[_Missing], roots: list[Path], checkpoints_dir: Path, layout: str) -> str:
     searched = sorted({str(r) for r in roots} | {str(checkpoints_dir)})
     lines = [f"{len(missing)} model file(s) missing ({layout} layout). Searched: {', '.join(searched)}."]
+    absent = [r for r in roots if not r.exists()]
+    if absent:
+        lines.append(f"  (the folder {absent[0]} does not exist yet: create it and put the files below in it)")
     for m in missing:
         lines.append(f"  - {m.what}: put it at {m.target}  <- {m.source}")
     lines.append("Download with e.g. `huggingface-cli download LeonJoe13/Sonic --local-dir DIR` (plus the SVD-xt "

@@ -1,0 +1,102 @@
+"""`python -m sonic generate | doctor | convert` on real files, read back from the MP4."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from conftest import FACE, speech_like
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_sonic(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2")
+    return subprocess.run([sys.executable, "-m", "sonic", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory, portrait):
+    root = tmp_path_factory.mktemp("media")
+    Image.fromarray(portrait).save(root / "portrait.png")
+    for seconds in (0.3, 2.4, 31.0):
+        stereo = np.stack([speech_like(seconds, 44_100, 1), speech_like(seconds, 44_100, 2)], axis=1)
+        sf.write(root / f"speech_{seconds}.wav", stereo, 44_100, subtype="PCM_16")
+    return root
+
+
+def generate(zoo, media, out, seconds, *extra):
+    box = ",".join(str(v) for v in FACE)
+    return run_sonic("generate", "--models", zoo, "--image", media / "portrait.png",
+                     "--audio", media / f"speech_{seconds}.wav", "--out", out, "--face-box", box,
+                     "--min-resolution", 64, "--steps", 2, "--device", "cpu", "--quiet", *extra)
+
+
+@pytest.mark.parametrize("seconds", [0.3, 2.4, 31.0])
+def test_generate_writes_a_checked_mp4(tiny_zoo, media, tmp_path, seconds):
+    from sonic.media_probe import probe, read_sonic_tags
+    from sonic.video import sha256_file
+
+    out = tmp_path / "talk.mp4"
+    result = generate(tiny_zoo, media, out, seconds)
+    assert result.returncode == 0, result.stderr
+    info = probe(out)
+    assert info["video_codec"] == "h264" and info["audio_codec"] == "aac"
+    assert info["fps"] == pytest.approx(25.0)
+    assert abs(info["frame_count"] - round(seconds * 25)) <= 1
+    assert abs(info["video_duration"] - seconds) <= 1 / 25
+    assert abs(info["audio_duration"] - info["video_duration"]) <= 1 / 25 + 0.03  # AAC frame granularity
+    assert info["sample_rate"] == 44_100
+    tags = read_sonic_tags(out)
+    assert tags["ai_generated"] is True
+    assert tags["image_sha256"] == sha256_file(media / "portrait.png")
+    assert tags["audio_sha256"] == sha256_file(media / f"speech_{seconds}.wav")
+    assert tags["parameters"]["inference_steps"] == 2
+    assert "wrote" in result.stdout and "frames" in result.stdout
+
+
+def test_existing_output_is_not_overwritten(tiny_zoo, media, tmp_path):
+    out = tmp_path / "keep.mp4"
+    out.write_bytes(b"precious")
+    result = generate(tiny_zoo, media, out, 0.3)
+    assert result.returncode == 2
+    assert "already exists" in result.stderr and "--overwrite" in result.stderr
+    assert out.read_bytes() == b"precious"
+    assert generate(tiny_zoo, media, out, 0.3, "--overwrite").returncode == 0
+    assert out.read_bytes()[4:8] == b"ftyp"
+
+
+def test_missing_weights_say_what_to_download(media, tmp_path):
+    result = run_sonic("generate", "--models", tmp_path / "nothing", "--image", media / "portrait.png",
+                       "--audio", media / "speech_0.3.wav", "--out", tmp_path / "x.mp4")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    for name in ("unet.pth", "audio2token.pth", "audio2bucket.pth", "whisper-tiny", "stable-video-diffusion"):
+        assert name in result.stderr
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_bad_audio_is_one_clear_line(tiny_zoo, media, tmp_path):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)
+    result = run_sonic("generate", "--models", tiny_zoo, "--image", media / "portrait.png", "--audio", broken,
+                       "--out", tmp_path / "x.mp4", "--face-box", "18,20,54,60")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "broken.wav" in result.stderr
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_doctor_reports_ok_and_missing(tiny_zoo, tmp_path):
+    good = run_sonic("doctor", "--models", tiny_zoo)
+    assert good.returncode == 0, good.stdout + good.stderr
+    bad = run_sonic("doctor", "--models", tmp_path)
+    assert bad.returncode != 0
+    assert "unet.pth" in bad.stdout + bad.stderr

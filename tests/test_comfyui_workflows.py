@@ -1,0 +1,96 @@
+"""The shipped presets: UI files agree with their API twins and both run to an MP4 in real ComfyUI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from comfyui_server import REPO, apply_test_settings, fast_overrides, final_message, run_prompt
+
+pytest_plugins = ["comfyui_server"]
+pytestmark = pytest.mark.comfyui
+
+WORKFLOWS = REPO / "workflows"
+PRESETS = ["sonic_fast", "sonic_high_quality"]
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def without_meta(prompt: dict) -> dict:
+    return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_ui_preset_converts_to_its_api_twin(comfy_server, name):
+    from sonic.comfy_client import ComfyClient, ui_to_api
+
+    info = ComfyClient(comfy_server.url).object_info()
+    converted = ui_to_api(load(WORKFLOWS / f"{name}.json"), info)
+    assert without_meta(converted) == without_meta(load(WORKFLOWS / "api" / f"{name}.json"))
+    classes = {node["class_type"] for node in converted.values()}
+    assert classes <= set(info), f"unknown node types {classes - set(info)}"
+    assert (WORKFLOWS / f"{name}.jpg").stat().st_size > 1000, "thumbnail missing"
+
+
+def test_presets_differ_where_the_issue_says():
+    fast, hq = (load(WORKFLOWS / "api" / f"{n}.json") for n in PRESETS)
+
+    def value(prompt, class_type, name):
+        return next(n["inputs"][name] for n in prompt.values() if n["class_type"] == class_type)
+
+    assert value(fast, "SONIC_PreData", "min_resolution") == 512
+    assert 12 <= value(fast, "SonicInference", "inference_steps") <= 18
+    assert 768 <= value(hq, "SONIC_PreData", "min_resolution") <= 1024
+    assert 25 <= value(hq, "SonicInference", "inference_steps") <= 30
+    for knob in ("interpolation", "colour_match", "paste_back"):
+        assert value(hq, "SonicPostProcess", knob) is True
+    assert value(hq, "SonicPostProcess", "smoothing") > 0
+    # Loader defaults find the weights in either layout by themselves.
+    assert value(fast, "SonicModelLoader", "svd_model") == value(hq, "SonicModelLoader", "svd_model") == "auto"
+
+
+def fetch_video(server, prompt_id: str, dest: Path) -> Path:
+    from sonic.comfy_client import ComfyClient, video_outputs
+
+    client = ComfyClient(server.url)
+    history = client.get_json(f"/history/{prompt_id}")[prompt_id]
+    entries = video_outputs(history["outputs"])
+    assert len(entries) == 1, history["outputs"]
+    ui = next(iter(v for v in history["outputs"].values() if v.get("images")))
+    assert ui.get("animated") == [True], ui
+    return client.download(entries[0], dest)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_runs_to_an_mp4_with_sound(comfy_server, tmp_path, name):
+    from sonic.media_probe import probe, read_sonic_tags
+
+    prompt = apply_test_settings(load(WORKFLOWS / "api" / f"{name}.json"), fast_overrides())
+    apply_test_settings(prompt, {"image": "portrait.png", "audio": "speech.wav"})
+    ui_workflow = load(WORKFLOWS / f"{name}.json")
+    prompt_id, messages = run_prompt(comfy_server, prompt, extra_data={"extra_pnginfo": {"workflow": ui_workflow}})
+    end = final_message(messages)
+    assert end["type"] == "execution_success", f"{end}\n{comfy_server.log()}"
+    assert any(m["type"] == "progress" for m in messages), "no progress was reported"
+
+    video = fetch_video(comfy_server, prompt_id, tmp_path / f"{name}.mp4")
+    facts = probe(video)
+    assert facts["video_codec"] == "h264" and facts["audio_codec"] == "aac", facts
+    # 1.0 s of audio = 25 audio frames -> 12 generated frames at 12.5 fps -> 24 frames at 25 fps (0.96 s).
+    assert facts["frame_count"] == 24, facts
+    assert facts["fps"] == pytest.approx(25.0)
+    assert facts["video_duration"] == pytest.approx(0.96, abs=0.02)
+    assert facts["audio_duration"] == pytest.approx(0.96, abs=0.05)
+    if name == "sonic_high_quality":  # pasted back into the 192 x 192 input picture
+        assert (facts["width"], facts["height"]) == (192, 192), facts
+    else:
+        assert (facts["width"], facts["height"]) == (64, 64), facts
+    tags = read_sonic_tags(video)
+    assert tags["ai_generated"] is True
+    assert tags["workflow"]["nodes"] == ui_workflow["nodes"], "UI workflow not embedded"
+    assert tags["prompt"]["5"]["inputs"]["inference_steps"] == 2
+    assert len(tags["image_sha256"]) == 64 and len(tags["audio_sha256"]) == 64

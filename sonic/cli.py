@@ -142,7 +142,7 @@ def run_generate(args) -> int:
     progress = StageProgress(enabled=not args.quiet)
     pipe = SonicPipeline.from_pretrained(args.models, device=args.device, dtype=args.dtype,
                                          memory_policy=args.memory_policy, svd_checkpoint=args.svd_checkpoint,
-                                         face_detector=face_box is None, interpolation=not args.no_interpolate)
+                                         face_detector="auto" if face_box is None else False, interpolation=not args.no_interpolate)
     settings = dict(face_box=face_box, face_index=args.face_index, crop=False if args.no_crop else None,
                     expand_ratio=args.expand_ratio, min_resolution=args.min_resolution, duration=args.duration,
                     inference_steps=args.steps, dynamic_scale=args.dynamic_scale, motion_scale=args.motion_scale,

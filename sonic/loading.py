@@ -43,8 +43,8 @@ def parameters_on_meta():
         torch.nn.Module.register_parameter = original
 
 
-def load_models(models_dir, *, svd_checkpoint=None, need_face_detector: bool = True,
-                need_interpolation: bool = True):
+def load_models(models_dir, *, svd_checkpoint=None, need_face_detector: bool = False,
+                load_face_detector: bool = True, need_interpolation: bool = True):
     """Every model the pipeline needs, as a `SonicModels` (weights checked strictly)."""
     from .pipeline import SonicModels
 
@@ -61,7 +61,7 @@ def load_models(models_dir, *, svd_checkpoint=None, need_face_detector: bool = T
         audio2bucket=load_audio2bucket(files, whisper_width),
         scheduler_config=read_json(files.scheduler_config, "scheduler"),
         rife=load_rife(files) if files.rife is not None else None,
-        face_detector=load_face_detector(files) if files.face_detector is not None else None,
+        face_detector=load_yoloface(files) if load_face_detector and files.face_detector is not None else None,
     )
 
 
@@ -140,7 +140,7 @@ def load_rife(files: ModelFiles):
     return build_rife(read_state_dict(files.rife, what="rife"))
 
 
-def load_face_detector(files: ModelFiles):
+def load_yoloface(files: ModelFiles):
     from .face_detectors import YoloFaceDetector
 
     return YoloFaceDetector(load_torchscript(files.face_detector, what="yoloface_v5m.pt face detector"))
@@ -218,7 +218,7 @@ def doctor_report(models_dir, *, svd_checkpoint=None) -> tuple[bool, list[str]]:
         lines.append("optional yoloface_v5m.pt not found: faces are found with OpenCV's Haar cascade instead")
     else:
         try:
-            load_face_detector(files)
+            load_yoloface(files)
             lines.append(f"ok       face detector: {files.face_detector}")
         except WeightsError as exc:
             ok = False

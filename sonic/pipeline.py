@@ -131,15 +131,16 @@ class SonicPipeline:
     # ----------------------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, models_dir, *, device=None, dtype="auto", memory_policy: str = "keep",
-                        svd_checkpoint=None, face_detector: bool = True, interpolation: bool = True,
+                        svd_checkpoint=None, face_detector: bool | str = "auto", interpolation: bool = True,
                         config: SonicConfig | None = None) -> "SonicPipeline":
         """Load and check every model from `models_dir` (official `checkpoints/` or ComfyUI layout).
 
         `device`: "cpu", "cuda", "cuda:1", "mps" or None (best available). `dtype`: "auto"
         (bf16 where supported, fp32 on CPU), "fp32", "bf16", "fp16" or a torch dtype; it applies
         to the UNet, VAE and CLIP encoder; Whisper, the audio adapters and RIFE stay fp32 as in
-        the reference. `face_detector=False` skips yoloface (give `face_box`, or the OpenCV
-        fallback is used); `interpolation=False` skips RIFE. Raises `WeightsError` listing every
+        the reference. `face_detector`: "auto" uses yoloface_v5m.pt when present, else OpenCV's
+        Haar cascade; True requires yoloface; False never loads it (give `face_box`, or the
+        OpenCV fallback is used). `interpolation=False` skips RIFE. Raises `WeightsError` listing every
         missing or broken file.
         """
         from .loading import load_models
@@ -148,8 +149,8 @@ class SonicPipeline:
         dtype = resolve_dtype(dtype, device)
         if memory_policy not in MEMORY_POLICIES:
             raise ParameterError(f"memory_policy must be one of {MEMORY_POLICIES}, got {memory_policy!r}")
-        models = load_models(models_dir, svd_checkpoint=svd_checkpoint, need_face_detector=face_detector,
-                             need_interpolation=interpolation)
+        models = load_models(models_dir, svd_checkpoint=svd_checkpoint, need_face_detector=face_detector is True,
+                             load_face_detector=face_detector is not False, need_interpolation=interpolation)
         return cls(models, device=device, dtype=dtype, memory_policy=memory_policy, config=config)
 
     # ----------------------------------------------------------------------------- placement

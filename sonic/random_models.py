@@ -122,6 +122,3 @@ def materialize(module: torch.nn.Module, device, *, seed: int = 0) -> torch.nn.M
         module.get_buffer(name).copy_(value)
     return module
 
-
-def parameter_count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -30,24 +30,23 @@ def main(argv: list[str] | None = None) -> int:
         module_name, func_name = delegated[argv[0]]
         import importlib
 
-        debug = "--debug" in argv
-        try:
-            return getattr(importlib.import_module(module_name), func_name)([a for a in argv[1:] if a != "--debug"])
-        except SonicError as exc:
-            if debug:
-                raise
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USER_ERROR
+        command = getattr(importlib.import_module(module_name), func_name)
+        return guarded(lambda: command([a for a in argv[1:] if a != "--debug"]), debug="--debug" in argv)
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    return guarded(lambda: args.run(args), debug=args.debug)
+
+
+def guarded(run, *, debug: bool) -> int:
+    """Run a command; a `SonicError` becomes one `error:` line and exit status 2."""
     try:
-        return args.run(args)
+        return run()
     except SonicError as exc:
-        if args.debug:
+        if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -196,6 +196,16 @@ def doctor_report(models_dir, *, svd_checkpoint=None) -> tuple[bool, list[str]]:
               ("Whisper encoder", lambda: load_whisper(files), files.whisper_weights),
               ("SVD VAE + CLIP image encoder", lambda: load_svd_parts(files),
                files.svd_checkpoint or files.vae_weights)]
+    optional = [("RIFE interpolation", load_rife, files.rife,
+                 "optional RIFE/flownet.pkl not found: videos will be 12.5 fps (use --no-interpolate) until you add "
+                 "it from HF LeonJoe13/Sonic"),
+                ("face detector", load_yoloface, files.face_detector,
+                 "optional yoloface_v5m.pt not found: faces are found with OpenCV's Haar cascade instead")]
+    for name, loader, path, absent in optional:
+        if path is None:
+            lines.append(absent)
+        else:
+            checks.append((name, lambda loader=loader: loader(files), path))
     ok = True
     for name, check, path in checks:
         try:
@@ -204,24 +214,5 @@ def doctor_report(models_dir, *, svd_checkpoint=None) -> tuple[bool, list[str]]:
         except WeightsError as exc:
             ok = False
             lines.append(f"BROKEN   {name}: {exc}")
-    if files.rife is None:
-        lines.append("optional RIFE/flownet.pkl not found: videos will be 12.5 fps (use --no-interpolate) "
-                     "until you add it from HF LeonJoe13/Sonic")
-    else:
-        try:
-            load_rife(files)
-            lines.append(f"ok       RIFE interpolation: {files.rife}")
-        except WeightsError as exc:
-            ok = False
-            lines.append(f"BROKEN   RIFE interpolation: {exc}")
-    if files.face_detector is None:
-        lines.append("optional yoloface_v5m.pt not found: faces are found with OpenCV's Haar cascade instead")
-    else:
-        try:
-            load_yoloface(files)
-            lines.append(f"ok       face detector: {files.face_detector}")
-        except WeightsError as exc:
-            ok = False
-            lines.append(f"BROKEN   face detector: {exc}")
     lines.append("all required weights load" if ok else "some weights are broken: fix the lines marked BROKEN")
     return ok, lines

@@ -470,9 +470,8 @@ def _check_noise(noise: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _set_audio_scale(unet, scale: float) -> None:
-    setter = getattr(unet, "set_audio_scale", None)
-    if setter is not None:
-        setter(scale)
+    # Set on every sampling call, so one run's value never leaks into the next.
+    unet.ip_audio_scale = float(scale)
 
 
 class _DtypeAdapter:

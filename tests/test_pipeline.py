@@ -93,6 +93,17 @@ def test_settings_do_not_leak_between_runs(pipe, portrait):
     assert pipe.config.dynamic_scale == 1.0
 
 
+def test_advanced_sampling_settings_take_effect(pipe, portrait):
+    audio = (speech_like(0.6), SR)
+    base = pipe(portrait, audio, seed=4, interpolate=False, **SMALL)
+    # N = 7 frames here: a shift of 7 would be a whole turn of the circular layout, 3 is not.
+    for setting in (dict(ip_audio_scale=0.0), dict(audio_guidance=3.0), dict(shift_offset=3)):
+        changed = pipe(portrait, audio, seed=4, interpolate=False, **SMALL, **setting)
+        assert not torch.equal(base.frames, changed.frames), setting
+    again = pipe(portrait, audio, seed=4, interpolate=False, **SMALL)
+    assert torch.equal(base.frames, again.frames)  # nothing leaked from the changed runs
+
+
 def test_absurd_parameters_are_refused_before_work(pipe, portrait):
     audio = (speech_like(0.6), SR)
     with pytest.raises(ParameterError, match="leaves"):

@@ -258,7 +258,10 @@ class SonicPipeline:
         portrait = job.portrait
         with self._using(m.image_encoder, m.vae):
             clip_embeds = clip_image_embeds(m.image_encoder, portrait.clip_pixels.to(self.device, self.dtype))
-            ref_latent, image_latent = encode_reference(m.vae, portrait.pixels.to(self.device, self.dtype))
+            ref_latent, image_latent = encode_reference(
+                m.vae, portrait.pixels.to(self.device, self.dtype), noise_aug_strength=cfg.noise_aug_strength,
+                # Pixel noise from the seed on the CPU: the same on every device.
+                generator=torch.Generator("cpu").manual_seed(cfg.seed) if cfg.noise_aug_strength > 0 else None)
         _report(callback, "conditioning", 2, 3)
         with self._using(m.audio2token, m.audio2bucket):
             # The windows are views of one padded copy; audio_conditioning moves one batch at a time.

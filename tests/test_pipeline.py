@@ -104,6 +104,19 @@ def test_advanced_sampling_settings_take_effect(pipe, portrait):
     assert torch.equal(base.frames, again.frames)  # nothing leaked from the changed runs
 
 
+def test_noise_augmentation_changes_only_the_concat_latent(pipe, portrait):
+    from sonic import SonicConfig
+
+    audio = (speech_like(0.6), SR)
+    plain = pipe.encode(pipe.prepare(portrait, audio, face_box=FACE, min_resolution=64))
+    noisy_config = SonicConfig(noise_aug_strength=0.5)
+    noisy = [pipe.encode(pipe.prepare(portrait, audio, face_box=FACE, min_resolution=64, config=noisy_config))
+             for _ in range(2)]
+    assert torch.equal(noisy[0].ref_latent, plain.ref_latent)
+    assert not torch.equal(noisy[0].image_latent, plain.image_latent)
+    assert torch.equal(noisy[0].image_latent, noisy[1].image_latent)  # seeded: reproducible
+
+
 def test_absurd_parameters_are_refused_before_work(pipe, portrait):
     audio = (speech_like(0.6), SR)
     with pytest.raises(ParameterError, match="leaves"):

@@ -84,6 +84,20 @@ def test_callback_reports_every_stage_and_can_cancel(pipe, portrait):
         pipe(portrait, (speech_like(0.6), SR), callback=cancel, **SMALL)
 
 
+def test_interrupted_streamed_job_leaves_no_file(pipe, portrait, tmp_path):
+    from sonic.video import write_mp4
+
+    def cancel_while_decoding(info):
+        if info.stage == "decode" and info.done >= 8:
+            raise Interrupted("stop")
+
+    out = pipe.stream(portrait, (speech_like(1.5), SR), callback=cancel_while_decoding, **SMALL)
+    target = tmp_path / "job.mp4"
+    with pytest.raises(Interrupted):
+        write_mp4(target, out.frames, fps=out.fps, audio=out.audio, sample_rate=out.sample_rate)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_settings_do_not_leak_between_runs(pipe, portrait):
     audio = (speech_like(0.6), SR)
     first = pipe(portrait, audio, seed=2, interpolate=False, **SMALL)

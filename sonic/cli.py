@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
     gen.add_argument("--memory-policy", default="keep", choices=["keep", "offload", "lowvram"],
                      help="keep models on the GPU, offload between stages, or low-VRAM")
+    gen.add_argument("--compile", action="store_true",
+                     help="torch.compile the UNet (faster sampling on GPUs after a one-off compile)")
     gen.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)")
     gen.add_argument("--preset", default="medium", help="x264 preset (default medium)")
     post = gen.add_argument_group("post-processing")
@@ -142,6 +144,8 @@ def run_generate(args) -> int:
     pipe = SonicPipeline.from_pretrained(args.models, device=args.device, dtype=args.dtype,
                                          memory_policy=args.memory_policy, svd_checkpoint=args.svd_checkpoint,
                                          face_detector="auto" if face_box is None else False, interpolation=not args.no_interpolate)
+    if args.compile:
+        pipe.models.unet.compile()
     settings = dict(face_box=face_box, face_index=args.face_index, crop=False if args.no_crop else None,
                     expand_ratio=args.expand_ratio, min_resolution=args.min_resolution, duration=args.duration,
                     inference_steps=args.steps, dynamic_scale=args.dynamic_scale, motion_scale=args.motion_scale,

@@ -127,6 +127,8 @@ def _as_channels_first(waveform, source: str) -> np.ndarray:
     if isinstance(waveform, torch.Tensor):
         waveform = waveform.detach().to("cpu", torch.float32).numpy()
     array = np.asarray(waveform, dtype=np.float32)
+    if not array.flags.writeable:  # e.g. np.frombuffer: torch warns about read-only arrays later
+        array = array.copy()
     if array.ndim == 1:
         array = array[None]
     if array.ndim != 2:
@@ -241,7 +243,8 @@ def _parse_float_wav(stream: bytes, path: Path) -> tuple[np.ndarray, int]:
                 break
             usable = (len(stream) - body) // (4 * channels) * 4 * channels
             samples = np.frombuffer(stream, dtype="<f4", count=usable // 4, offset=body)
-            return np.ascontiguousarray(samples.reshape(-1, channels).T, dtype=np.float32), rate
+            # a copy: frombuffer over bytes is read-only, and torch warns about read-only arrays
+            return np.array(samples.reshape(-1, channels).T, dtype=np.float32, order="C"), rate
         position = body + size + (size & 1)
     raise AudioError(f"audio file '{path}' cannot be decoded: ffmpeg's output has no audio data")
 

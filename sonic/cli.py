@@ -21,7 +21,8 @@ EXIT_INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _attach_negative_values(list(sys.argv[1:] if argv is None else argv), ("--face-box", "--sync"))
+    _stop_on_sigterm()
     # Sub-commands owned by other modules parse their own arguments.
     delegated = {"check-sync": ("sonic.sync", "check_sync_command"),
                  "queue": ("sonic.comfy_client", "queue_command"),
@@ -53,6 +54,32 @@ def guarded(run, *, debug: bool) -> int:
     except KeyboardInterrupt:
         print("interrupted: no output was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _attach_negative_values(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """`--face-box -5,0,90,100` would read "-5,..." as an option: glue such values on with `=`."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in options and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1][1:2].isdigit():
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def _stop_on_sigterm() -> None:
+    """`kill`/`timeout` send SIGTERM: stop like Ctrl-C so partial outputs are removed."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,17 +149,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------- generate
 def run_generate(args) -> int:
-    from .errors import OutputError, ParameterError
+    from .audio import load_audio
+    from .config import SonicConfig
+    from .face import load_image
+    from .video import check_encoder_settings, check_output_path
+    from .weights import find_model_files
 
-    out_path = Path(args.out)
-    if out_path.exists() and not args.overwrite:
-        raise OutputError(f"{out_path} already exists; pass --overwrite to replace it or choose another --out")
-    if not out_path.parent.exists():
-        raise OutputError(f"the output folder {out_path.parent} does not exist; create it first")
+    # Everything that can be checked cheaply is checked before any model loads.
+    out_path = check_output_path(args.out, args.overwrite)
+    check_encoder_settings(args.crf, args.preset)
     face_box = parse_face_box(args.face_box) if args.face_box else None
     postprocess = postprocess_options(args)
-    if args.steps is not None and args.steps < 1:
-        raise ParameterError(f"--steps must be at least 1, got {args.steps}")
+    config = SonicConfig().replace(**{k: v for k, v in dict(
+        crop=False if args.no_crop else None, expand_ratio=args.expand_ratio, min_resolution=args.min_resolution,
+        inference_steps=args.steps, dynamic_scale=args.dynamic_scale, motion_scale=args.motion_scale,
+        i2i_noise_strength=args.i2i_noise_strength, seed=args.seed, interpolate=not args.no_interpolate,
+        decode_chunk_size=args.decode_chunk_size).items() if v is not None})
+    find_model_files(args.models, need_interpolation=config.interpolate, svd_checkpoint=args.svd_checkpoint,
+                     need_face_detector=False)
+    audio = load_audio(args.audio, duration=args.duration)
+    image = load_image(args.image)
 
     import torch
 
@@ -143,18 +179,15 @@ def run_generate(args) -> int:
     progress = StageProgress(enabled=not args.quiet)
     pipe = SonicPipeline.from_pretrained(args.models, device=args.device, dtype=args.dtype,
                                          memory_policy=args.memory_policy, svd_checkpoint=args.svd_checkpoint,
-                                         face_detector="auto" if face_box is None else False, interpolation=not args.no_interpolate)
+                                         face_detector="auto" if face_box is None else False,
+                                         interpolation=config.interpolate, config=config)
     if args.compile:
         pipe.models.unet.compile()
-    settings = dict(face_box=face_box, face_index=args.face_index, crop=False if args.no_crop else None,
-                    expand_ratio=args.expand_ratio, min_resolution=args.min_resolution, duration=args.duration,
-                    inference_steps=args.steps, dynamic_scale=args.dynamic_scale, motion_scale=args.motion_scale,
-                    i2i_noise_strength=args.i2i_noise_strength, seed=args.seed, interpolate=not args.no_interpolate,
-                    decode_chunk_size=args.decode_chunk_size, callback=progress)
+    settings = dict(face_box=face_box, face_index=args.face_index, callback=progress)
     try:
         # Without post-processing the frames stream from the decoder into the encoder.
-        out = pipe(args.image, args.audio, postprocess=postprocess, **settings) if postprocess \
-            else pipe.stream(args.image, args.audio, **settings)
+        out = pipe(image, audio, postprocess=postprocess, **settings) if postprocess \
+            else pipe.stream(image, audio, **settings)
         metadata = provenance(args.image, args.audio, out.config, extra=out.report)
         write_mp4(out_path, out.frames, fps=out.fps, audio=out.audio, sample_rate=out.sample_rate, crf=args.crf,
                   preset=args.preset, metadata=metadata, overwrite=args.overwrite)

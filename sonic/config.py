@@ -105,11 +105,18 @@ class SonicConfig:
             if not ok:
                 raise ParameterError(message)
 
+        for name in ("min_resolution", "max_pixels", "inference_steps", "frames_per_window", "window_overlap",
+                     "shift_offset", "seed", "decode_chunk_size"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool), f"{name} must be a whole number, got {value!r}")
+        for name in ("crop", "interpolate"):
+            need(isinstance(getattr(self, name), bool), f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("expand_ratio", "face_mask_area", "i2i_noise_strength", "dynamic_scale", "motion_scale",
                      "min_appearance_guidance", "max_appearance_guidance", "audio_guidance", "ip_audio_scale",
                      "noise_aug_strength", "fps"):
             value = getattr(self, name)
-            need(isinstance(value, (int, float)) and math.isfinite(value), f"{name} must be a finite number, got {value!r}")
+            need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                 f"{name} must be a finite number, got {value!r}")
         need(64 <= self.min_resolution <= 4096, f"min_resolution must be between 64 and 4096 px, got {self.min_resolution}")
         need(0 <= self.expand_ratio <= 5, f"expand_ratio must be between 0 and 5, got {self.expand_ratio}")
         need(self.face_mask_area > 0, f"face_mask_area must be positive, got {self.face_mask_area}")
@@ -130,6 +137,7 @@ class SonicConfig:
         need(self.shift_offset >= 0, f"shift_offset must be >= 0, got {self.shift_offset}")
         need(isinstance(self.seed, int) and 0 <= self.seed < 2**63, f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         need(1 <= self.decode_chunk_size <= 1000, f"decode_chunk_size must be between 1 and 1000, got {self.decode_chunk_size}")
-        need(self.max_audio_seconds is None or self.max_audio_seconds > 0,
+        need(self.max_audio_seconds is None or (isinstance(self.max_audio_seconds, (int, float))
+                                                and math.isfinite(self.max_audio_seconds) and self.max_audio_seconds > 0),
              f"max_audio_seconds must be positive or None, got {self.max_audio_seconds}")
         return self

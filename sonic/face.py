@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -69,16 +71,52 @@ def _load_image_file(path: str, limit: int) -> np.ndarray:
         raise ImageError(f"image file not found: {path!r}; check the path")
     if os.path.isdir(path):
         raise ImageError(f"{path!r} is a folder, not an image file")
+    what = f"image {path!r}"
+    header_size = _png_header_size(path)
+    if header_size is not None:  # PNG: the size check needs no Pillow at all
+        _check_size(*header_size, limit, what)
     try:
-        with Image.open(path) as img:
-            # The header gives the size before any pixel is decoded.
-            _check_size(img.width, img.height, limit, f"image {path!r}")
-            img.load()
-            return _pil_to_rgb(_exif_upright(img))
+        # Our own pixel limit (checked from the header, below) replaces Pillow's bomb warning;
+        # Pillow's bomb *error* (over 2 x Image.MAX_IMAGE_PIXELS) becomes the same size message.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                # The header gives the size before any pixel is decoded.
+                _check_size(img.width, img.height, limit, what)
+                img.load()
+                return _pil_to_rgb(_exif_upright(img))
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(_bomb_message(what, exc, limit)) from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageError(f"cannot decode image file {path!r} ({exc}); use a PNG, JPEG, WebP or BMP picture") from exc
+
+
+def _png_header_size(path: str) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, or None if the file does not start like a PNG."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _bomb_message(what: str, exc: Exception, limit: int) -> str:
+    """The size message for a picture Pillow refuses as a decompression bomb (pixel count from its text)."""
+    from PIL import Image
+
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "too many pixels"
+    pillow_limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+    if pillow_limit is not None and pillow_limit < limit:
+        return (f"{what} is {size}, above Pillow's limit of {pillow_limit / 1e6:.1f} megapixels. "
+                f"Downscale it first (the model works at about 512 px)")
+    return (f"{what} is {size}, above the limit of {limit / 1e6:.1f} megapixels. "
+            f"Downscale it first (the model works at about 512 px), or raise max_pixels")
 
 
 def _check_size(width: int, height: int, limit: int, what: str) -> None:
@@ -389,6 +427,11 @@ def prepare_portrait(image, *, detector: FaceDetector | None = None, face_box=No
     official_face_selection: reproduce the reference's buggy "largest face" choice.
     """
     _validate_settings(expand_ratio, min_resolution, face_mask_area, max_pixels)
+    if face_index is not None:
+        if isinstance(face_index, bool) or not isinstance(face_index, numbers.Integral):
+            raise ParameterError(f"face_index must be a whole number (0 = leftmost face, 1 = next, ...), "
+                                 f"got {face_index!r}; leave it unset to use the largest face")
+        face_index = int(face_index)
     face_box = normalize_face_box(face_box)
     whole_image = face_box == "full"
     if face_box is not None and face_index is not None:

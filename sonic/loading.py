@@ -117,7 +117,13 @@ def load_svd_parts(files: ModelFiles):
 
         from safetensors import safe_open
 
-        with safe_open(str(files.svd_checkpoint), framework="pt") as handle:
+        try:
+            handle = safe_open(str(files.svd_checkpoint), framework="pt")
+        except Exception as exc:  # safetensors raises its own error types for damaged headers
+            raise WeightsError(f"{files.svd_checkpoint} is not a readable .safetensors SVD checkpoint "
+                               f"({' '.join(str(exc).split())[:120]}); use svd_xt.safetensors or svd_xt_1_1.safetensors "
+                               f"from stabilityai, downloaded again if it is damaged") from None
+        with handle:
             lazy = _LazyTensors(handle)
             vae_state, clip_state = split_svd_single_file(lazy, vae_config=vae_config, clip_config=clip_config)
         vae_path = clip_path = files.svd_checkpoint
@@ -147,9 +153,17 @@ def load_yoloface(files: ModelFiles):
 
 
 def _require_keys(state, keys, path, what) -> None:
-    if not all(k in state for k in keys):
-        # Let the strict check produce the full listing and diagnosis.
-        load_strict(torch.nn.Module(), state, path=path, what=what, hints=HINTS[what])
+    """Before building a model from a file's shapes: the file must be that model, not another."""
+    from .weights import RELEASE_NAMES, identify_weights, shapes_of
+
+    role = identify_weights(shapes_of(state))
+    if role is not None and role != what:
+        raise WeightsError(f"{path} holds {RELEASE_NAMES.get(role, role)}, not {RELEASE_NAMES.get(what, what)}: the "
+                           f"files were probably swapped or renamed; put each file in its own place")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise WeightsError(f"{path} is not {RELEASE_NAMES.get(what, what)}: it lacks {', '.join(missing)} "
+                           f"(it has {len(state)} keys, e.g. {', '.join(sorted(state)[:4])}); download it again")
 
 
 class _LazyTensors:

@@ -37,6 +37,9 @@ from .timeline import Timeline
 log = logging.getLogger("sonic")
 
 MEMORY_POLICIES = ("keep", "offload", "lowvram")
+# Advanced sampling settings `sample()` accepts besides steps, strength, seed and noise.
+SAMPLE_SETTINGS = frozenset({"min_appearance_guidance", "max_appearance_guidance", "audio_guidance", "frames_per_window",
+                             "window_overlap", "shift_offset", "ip_audio_scale", "fps"})
 
 
 @dataclass(frozen=True)
@@ -170,17 +173,18 @@ class SonicPipeline:
         return torch.device("cpu")
 
     def _place_models(self) -> None:
+        # torch's own Module.to: diffusers' override warns about fp32 modules on every cast.
         for module in self._heavy():
-            module.to(device=self._home(module), dtype=self.dtype).eval().requires_grad_(False)
+            torch.nn.Module.to(module, device=self._home(module), dtype=self.dtype).eval().requires_grad_(False)
         for module in self._light():
-            module.to(device=self._home(module), dtype=torch.float32).eval().requires_grad_(False)
+            torch.nn.Module.to(module, device=self._home(module), dtype=torch.float32).eval().requires_grad_(False)
 
     @contextlib.contextmanager
     def _using(self, *modules: torch.nn.Module):
         """Move modules to the device for one stage and back to their resting place after."""
         moved = [m for m in modules if m is not None and self._home(m) != self.device and id(m) not in self._lent]
         for m in moved:
-            m.to(self.device)
+            torch.nn.Module.to(m, self.device)
             self._lent.add(id(m))
         try:
             yield
@@ -191,7 +195,7 @@ class SonicPipeline:
             ) from None
         finally:
             for m in moved:
-                m.to("cpu")
+                torch.nn.Module.to(m, "cpu")
                 self._lent.discard(id(m))
             if moved and self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -282,11 +286,9 @@ class SonicPipeline:
         `advanced`: min_appearance_guidance, max_appearance_guidance, audio_guidance,
         frames_per_window, window_overlap, shift_offset, ip_audio_scale.
         """
-        allowed = {"min_appearance_guidance", "max_appearance_guidance", "audio_guidance", "frames_per_window",
-                   "window_overlap", "shift_offset", "ip_audio_scale", "fps"}
-        unknown = sorted(set(advanced) - allowed)
+        unknown = sorted(set(advanced) - SAMPLE_SETTINGS)
         if unknown:
-            raise ParameterError(f"unknown sampling setting(s) {unknown}; valid: {sorted(allowed)}")
+            raise ParameterError(f"unknown sampling setting(s) {unknown}; valid: {sorted(SAMPLE_SETTINGS)}")
         changes = {k: v for k, v in dict(inference_steps=inference_steps, i2i_noise_strength=i2i_noise_strength,
                                          seed=seed, **advanced).items() if v is not None}
         cfg = cond.job.config.replace(**changes)
@@ -311,8 +313,8 @@ class SonicPipeline:
     def decode_iter(self, latents: torch.Tensor, *, decode_chunk_size: int | None = None,
                     callback: ProgressCallback | None = None) -> Iterator[torch.Tensor]:
         """Decode latents chunk by chunk: yields float32 [n, H, W, 3] CPU frames in [0, 1]."""
-        chunk = decode_chunk_size or self.config.decode_chunk_size
-        if not 1 <= chunk <= 1000:
+        chunk = self.config.decode_chunk_size if decode_chunk_size is None else decode_chunk_size
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= 1000:
             raise ParameterError(f"decode_chunk_size must be between 1 and 1000, got {chunk}")
         total = latents.shape[-4] if latents.dim() == 5 else latents.shape[0]
         done = 0
@@ -387,8 +389,18 @@ class SonicPipeline:
         produced while they are consumed: decode and interpolation are streamed, so a long video
         never sits in memory as a whole (e.g. feed it to `sonic.video.write_mp4`). The number of
         frames is known up front: `timeline.output_frames(interpolate)`."""
-        prepare_keys = {"face_box", "face_index", "crop", "expand_ratio", "min_resolution", "duration"}
+        prepare_keys = {"face_box", "face_index", "crop", "expand_ratio", "min_resolution", "duration", "config"}
         encode_keys = {"dynamic_scale", "motion_scale"}
+        unknown = sorted(set(kwargs) - prepare_keys - encode_keys - SAMPLE_SETTINGS - {"inference_steps",
+                                                                                      "i2i_noise_strength", "seed", "noise"})
+        if unknown:
+            raise ParameterError(f"unknown setting(s) {unknown}")
+        # Every setting is checked here, before any model runs.
+        fields = {f.name for f in dataclasses.fields(SonicConfig)}
+        base = kwargs.get("config") or self.config
+        kwargs["config"] = base.replace(**{k: v for k, v in kwargs.items() if k in fields and v is not None},
+                                        **({} if interpolate is None else {"interpolate": interpolate}),
+                                        **({} if decode_chunk_size is None else {"decode_chunk_size": decode_chunk_size}))
         job = self.prepare(image, audio, **{k: v for k, v in kwargs.items() if k in prepare_keys})
         cond = self.encode(job, callback=callback, **{k: v for k, v in kwargs.items() if k in encode_keys})
         sample_kwargs = {k: v for k, v in kwargs.items() if k not in prepare_keys | encode_keys}

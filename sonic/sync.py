@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AudioError, FaceNotFoundError, ParameterError, SonicError
+from .errors import AudioError, FaceNotFoundError, OutputError, ParameterError, SonicError
 
 MAX_LAG_SECONDS = 0.4  # search range, +-; human lip-sync tolerance is well inside it
 NULL_MIN_SHIFT_SECONDS = 2.0  # audio shifts used for the null are at least this long
@@ -424,6 +424,22 @@ def _silence_activity(loudness: np.ndarray, motion: np.ndarray, lag: int) -> flo
 PLOT_COLOURS = ((200, 60, 40), (40, 120, 200), (60, 160, 60), (150, 80, 170))  # RGB
 
 
+def check_plot_path(path) -> Path:
+    """The plot's path, if a PNG can be written there (OutputError otherwise): cheap, so checked first."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"the plot path {str(path)!r} is a folder; give a file name ending in .png, "
+                          f"e.g. {str(path / 'sync.png')!r}")
+    if path.suffix.lower() != ".png":
+        raise OutputError(f"the plot path {str(path)!r} does not end in .png; the plot is a PNG image, "
+                          f"e.g. {str(path.with_suffix('.png'))!r}")
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is a file, not a folder" if parent.exists() else "does not exist"
+        raise OutputError(f"the plot's folder {str(parent)!r} {what}; create the folder or choose another path")
+    return path
+
+
 def plot_lag_curves(reports: dict[str, SyncReport], path, *, title: str = "audio/mouth correlation vs lag") -> None:
     """Draw correlation-vs-lag curves (one per labelled report) into a PNG, with OpenCV only.
 
@@ -431,6 +447,7 @@ def plot_lag_curves(reports: dict[str, SyncReport], path, *, title: str = "audio
     """
     import cv2
 
+    check_plot_path(path)
     width, height, left, right, top, bottom = 880, 420, 70, 20, 50, 60
     canvas = np.full((height, width, 3), 255, np.uint8)
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -460,8 +477,12 @@ def plot_lag_curves(reports: dict[str, SyncReport], path, *, title: str = "audio
         text = f"{label}: offset {int(round(report.offset_ms)):+d} ms, confidence {report.confidence:.1f}"
         cv2.putText(canvas, text, (left + 10, top + plot_h - 40 + 22 * index - 22 * (len(reports) - 2)), font, 0.5,
                     colour, 1, cv2.LINE_AA)
-    if not cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)):
-        raise SonicError(f"could not write the plot to {str(path)!r}; check the folder and the .png extension")
+    try:
+        written = cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    except cv2.error:
+        written = False
+    if not written:
+        raise OutputError(f"could not write the plot to {str(path)!r}; check that its folder exists and is writable")
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,8 +521,14 @@ def check_sync_command(argv: list[str] | None = None) -> int:
                 raise ParameterError(f"--mouth-box must be four numbers X1,Y1,X2,Y2, got {args.mouth_box!r}") from None
             if len(mouth_box) != 4:
                 raise ParameterError(f"--mouth-box must be four numbers X1,Y1,X2,Y2, got {args.mouth_box!r}")
+        max_seconds = args.max_seconds
+        if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
+            raise ParameterError(f"--max-seconds must be a number of seconds above 0, got {max_seconds:g}; "
+                                 "leave it out to analyse the whole video")
+        if args.plot:
+            check_plot_path(args.plot)
         frames, fps, audio, rate = read_video(args.video, max_height=ANALYSIS_HEIGHT, audio_sample_rate=16_000,
-                                              mono=True, max_seconds=args.max_seconds)
+                                              mono=True, max_seconds=max_seconds)
         if audio is None:
             raise AudioError(f"{args.video!r} has no audio track; lip-sync needs the soundtrack")
         # read_video may have scaled the frames down: boxes go in and out in the file's pixels

@@ -56,13 +56,9 @@ def write_mp4(path, frames, *, fps: float, audio: np.ndarray | None = None, samp
     ffmpeg succeeded and the result has the expected frame count, size and durations; on any
     error or interruption no file is left at `path` and no temporary file remains.
     """
-    path = Path(path)
-    _check_output_path(path, overwrite)
+    path = check_output_path(path, overwrite)
     fps = _check_fps(fps)
-    if not isinstance(crf, int) or not 0 <= crf <= 51:
-        raise ParameterError(f"crf must be an integer between 0 and 51 (lower = better quality), got {crf!r}")
-    if preset not in X264_PRESETS:
-        raise ParameterError(f"preset must be one of {', '.join(X264_PRESETS)}, got {preset!r}")
+    check_encoder_settings(crf, preset)
     if audio is not None:
         audio = _check_audio(audio, sample_rate)
     tags = build_metadata_tags(metadata)
@@ -131,15 +127,30 @@ def sha256_file(path, *, chunk_bytes: int = 1 << 20) -> str:
 # validation
 # --------------------------------------------------------------------------------------------
 
-def _check_output_path(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise OutputError(f"{str(path)!r} already exists; choose another name or pass overwrite=True")
+def check_output_path(path, overwrite: bool = False) -> Path:
+    """Refuse an output path that cannot be written, before any work (`OutputError`)."""
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise OutputError(f"the output {str(path)!r} must end in .mp4 (an H.264 + AAC MP4 is written)")
     if path.exists() and not path.is_file():
-        raise OutputError(f"{str(path)!r} exists and is not a file; choose another output name")
+        raise OutputError(f"{str(path)!r} exists and is not a file (a folder?); choose another output name")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{str(path)!r} already exists; choose another name or pass overwrite=True "
+                          f"(CLI: --overwrite)")
     if not path.parent.is_dir():
-        raise OutputError(f"output folder {str(path.parent)!r} does not exist; create it first")
+        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
+        raise OutputError(f"output folder {str(path.parent)!r} {what}; create the folder first")
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"output folder {str(path.parent)!r} is not writable; choose another folder")
+    return path
+
+
+def check_encoder_settings(crf, preset) -> None:
+    """Refuse x264 settings ffmpeg would reject, before any work (`ParameterError`)."""
+    if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
+        raise ParameterError(f"crf must be an integer between 0 and 51 (lower = better quality), got {crf!r}")
+    if preset not in X264_PRESETS:
+        raise ParameterError(f"preset must be one of {', '.join(X264_PRESETS)}, got {preset!r}")
 
 
 def _check_fps(fps) -> float:

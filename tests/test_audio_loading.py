@@ -114,6 +114,25 @@ def test_m4a_really_goes_through_ffmpeg(source):
     assert load_audio(path).original_rate == SOURCE_RATE
 
 
+def test_ffmpeg_decoded_and_read_only_inputs_give_writable_arrays(source):
+    """A 16 kHz mono track decoded by ffmpeg (an MP4 as audio) used to stay a read-only view of ffmpeg's
+    output, and torch printed a 'non-writable array' UserWarning; read-only arrays given in memory too."""
+    import warnings
+
+    from sonic.audio import log_mel
+
+    source_path, _, _ = source
+    path = source_path.parent / "mono16k.mp4"
+    encode(source_path, path, "-ac", "1", "-ar", "16000", "-c:a", "aac")
+    read_only = np.frombuffer(sine(200.0, 1.0, 16_000).tobytes(), dtype=np.float32)
+    for clip in (load_audio(path), load_audio((read_only, 16_000))):
+        assert clip.original_rate == 16_000
+        assert clip.samples.flags.writeable and clip.original.flags.writeable
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            log_mel(clip.samples)
+
+
 @pytest.mark.parametrize("name, codec, extra_ms", [
     ("adts.aac", ["-c:a", "aac"], 31.0),
     ("no_header.mp3", ["-c:a", "libmp3lame", "-write_xing", "0"], 33.9),

@@ -100,3 +100,45 @@ def test_doctor_reports_ok_and_missing(tiny_zoo, tmp_path):
     bad = run_sonic("doctor", "--models", tmp_path)
     assert bad.returncode != 0
     assert "unet.pth" in bad.stdout + bad.stderr
+
+
+def test_cheap_checks_come_before_any_model_loads(media, tmp_path):
+    """Absurd settings and unusable output paths fail at once, even without any weights."""
+    base = ["generate", "--models", tmp_path / "no-weights", "--image", media / "portrait.png",
+            "--audio", media / "speech_0.3.wav"]
+    (tmp_path / "folder.mp4").mkdir()
+    cases = [(["--out", tmp_path / "a.mp4", "--crf", 99], "crf must be"),
+             (["--out", tmp_path / "a.mp4", "--preset", "bogus"], "preset must be"),
+             (["--out", tmp_path / "a.avi"], "must end in .mp4"),
+             (["--out", tmp_path / "folder.mp4", "--overwrite"], "is not a file"),
+             (["--out", media / "portrait.png" / "x.mp4"], "is a file, not a folder"),
+             (["--out", tmp_path / "a.mp4", "--steps", 100000], "inference_steps"),
+             (["--out", tmp_path / "a.mp4", "--dynamic-scale", "nan"], "dynamic_scale"),
+             (["--out", tmp_path / "a.mp4", "--decode-chunk-size", 0], "decode_chunk_size")]
+    for extra, message in cases:
+        result = run_sonic(*base, *extra)
+        assert result.returncode == 2 and message in result.stderr, (extra, result.stderr)
+        assert "Traceback" not in result.stderr and "model file(s) missing" not in result.stderr
+    # A negative coordinate is a value, not an option: the run gets as far as the weights check.
+    result = run_sonic(*base, "--out", tmp_path / "a.mp4", "--face-box", "-5,0,60,70")
+    assert result.returncode == 2 and "model file(s) missing" in result.stderr, result.stderr
+    assert list(tmp_path.glob("*.mp4")) == [tmp_path / "folder.mp4"]
+
+
+def test_sigterm_leaves_no_partial_output(tiny_zoo, media, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "long.mp4"
+    box = ",".join(str(v) for v in FACE)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2")
+    process = subprocess.Popen([sys.executable, "-m", "sonic", "generate", "--models", str(tiny_zoo), "--image",
+                                str(media / "portrait.png"), "--audio", str(media / "speech_31.0.wav"), "--out", str(out),
+                                "--face-box", box, "--min-resolution", "64", "--steps", "6", "--quiet"],
+                               env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(12)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "no output was written" in stderr
+    assert list(tmp_path.iterdir()) == []

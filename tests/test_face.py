@@ -152,6 +152,12 @@ def test_face_index_picks_faces_left_to_right(astronaut):
         prepare_portrait(pair, face_index=0, face_box="full")
 
 
+@pytest.mark.parametrize("index", ["0", 0.5, 1.0, True])
+def test_face_index_must_be_a_whole_number(astronaut, index):
+    with pytest.raises(ParameterError, match="face_index must be a whole number"):
+        prepare_portrait(astronaut, face_index=index)
+
+
 @pytest.mark.parametrize("name", ["chelsea.png", "coffee.png"])
 def test_no_face_names_the_three_ways_out(name):
     with pytest.raises(FaceNotFoundError) as info:
@@ -309,3 +315,26 @@ def test_bad_files_are_image_errors_naming_the_file(tmp_path):
     with pytest.raises(ImageError, match="200x20 px"):
         load_image(tmp_path / "strip.png")
     assert math.isclose(load_image(ASTRONAUT).mean(), np.asarray(Image.open(ASTRONAUT).convert("RGB")).mean())
+
+
+def test_decompression_bombs_get_the_size_message(tmp_path, monkeypatch):
+    """A PNG whose header claims 100000x100000 px, and a picture over Pillow's own bomb limit: size, not 'cannot decode'."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    with pytest.raises(ImageError, match=r"100000x100000 = 10000\.0 megapixels.*Downscale") as info:
+        load_image(huge)
+    assert "cannot decode" not in str(info.value)
+    jpeg = tmp_path / "astronaut.jpg"
+    Image.open(ASTRONAUT).convert("RGB").save(jpeg)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # Pillow now calls 512x512 a bomb (over 200_000)
+    with pytest.raises(ImageError, match=r"is 0\.3 megapixels, above Pillow's limit of 0\.2 megapixels\. Downscale"):
+        load_image(jpeg)
+    with pytest.raises(ImageError, match=r"is 0\.3 megapixels, above the limit of 0\.1 megapixels.*max_pixels"):
+        load_image(jpeg, max_pixels=120_000)

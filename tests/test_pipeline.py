@@ -152,3 +152,16 @@ def test_postprocess_through_the_pipeline(pipe, portrait):
     assert abs(out.frames.shape[0] / 30.0 - plain.frames.shape[0] / 25.0) <= 1 / 30
     assert abs(out.audio.shape[1] / out.sample_rate - out.frames.shape[0] / 30.0) <= 1 / 30
     assert {"colour_match", "smoothing", "fps"} <= set(out.report["postprocess"])
+
+
+def test_settings_of_the_wrong_type_are_refused(pipe, portrait):
+    from sonic import SonicConfig
+
+    for bad in (dict(inference_steps="2"), dict(min_resolution=64.0), dict(seed=True), dict(crop="yes")):
+        with pytest.raises(ParameterError):
+            SonicConfig().replace(**bad)
+    calls = []
+    with pytest.raises(ParameterError, match="inference_steps"):  # refused before any model runs
+        pipe(portrait, (speech_like(0.6), SR), face_box=FACE, min_resolution=64, inference_steps=100000,
+             callback=calls.append)
+    assert calls == []

@@ -209,6 +209,46 @@ def test_plot_of_the_lag_curve(tmp_path, clip):
     assert image is not None and image.shape[1] > image.shape[0] > 200 and image.std() > 10
 
 
+def test_bad_plot_path_and_max_seconds_are_clear_errors(tmp_path, monkeypatch):
+    """Checked before the video is read: one `error:` line, exit status 2, no OpenCV/ffmpeg traceback."""
+    import sonic.media_probe
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the video was read before the arguments were checked")
+
+    monkeypatch.setattr(sonic.media_probe, "read_video", no_read)
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    (tmp_path / "adir").mkdir()
+    cases = [(("--plot", tmp_path / "adir"), "is a folder"), (("--plot", tmp_path / "curve"), "does not end in .png"),
+             (("--plot", tmp_path / "missing" / "curve.png"), "does not exist"),
+             (("--max-seconds", "-1"), "--max-seconds must be"), (("--max-seconds", "nan"), "--max-seconds must be"),
+             (("--max-seconds", "0"), "--max-seconds must be")]
+    for args, expected in cases:
+        code, report, err = run_check_sync(video, *args)
+        assert code == 2 and report is None, (args, err)
+        assert err.startswith("error:") and expected in err and err.count("\n") == 1, (args, err)
+
+
+def test_plot_write_failure_is_an_output_error(tmp_path, clip, monkeypatch):
+    """A folder is refused before drawing; an OpenCV failure while writing becomes OutputError, not cv2.error."""
+    from sonic.errors import OutputError
+    from sonic.sync import measure_sync, plot_lag_curves
+
+    frames, audio = clip
+    report = measure_sync(frames, FPS, audio, SAMPLE_RATE, mouth_box=MOUTH_BOX)
+    with pytest.raises(OutputError, match="is a folder"):
+        plot_lag_curves({"clip": report}, tmp_path)
+    import cv2
+
+    def failing_imwrite(*args, **kwargs):
+        raise cv2.error("could not find a writer for the specified extension")
+
+    monkeypatch.setattr(cv2, "imwrite", failing_imwrite)
+    with pytest.raises(OutputError, match="could not write the plot"):
+        plot_lag_curves({"clip": report}, tmp_path / "curve.png")
+
+
 def test_command_line_entry_point_runs_as_a_process(tmp_path, clip):
     """`python -m sonic check-sync` prints one JSON line; exit status 3 asks for attention."""
     frames, audio = clip

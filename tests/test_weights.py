@@ -124,6 +124,17 @@ def test_damaged_files_say_damaged_with_size(tmp_path):
         assert "download it again" in message, label
 
 
+def test_random_bytes_never_quote_torchs_unsafe_advice(tmp_path):
+    """torch's UnpicklingError text says to re-run with weights_only=False: the message must not repeat it."""
+    path = tmp_path / "unet.pth"
+    path.write_bytes(random.Random(1).randbytes(5000))
+    with pytest.raises(WeightsError) as info:
+        read_state_dict(path, what="Sonic unet.pth")
+    message = str(info.value)
+    assert "not a PyTorch checkpoint" in message and "5,000 bytes" in message and "download it again" in message
+    assert "weights_only" not in message and "Re-running" not in message and "\n" not in message
+
+
 def test_folder_and_missing_paths(tmp_path):
     (tmp_path / "unet.pth").mkdir()
     with pytest.raises(WeightsError, match="is a folder"):
@@ -296,6 +307,22 @@ def test_convert_on_a_folder_without_weights(tmp_path):
         convert_checkpoints(tmp_path)
     with pytest.raises(WeightsError, match="does not exist"):
         convert_checkpoints(tmp_path / "missing")
+    (tmp_path / "picture.png").write_bytes(b"x")
+    with pytest.raises(WeightsError, match="picture.png is a file, not a folder"):
+        convert_checkpoints(tmp_path / "picture.png")
+
+
+def test_convert_refuses_swapped_audio_adapters(tmp_path):
+    """audio2token.pth and audio2bucket.pth swapped: refused before any twin of them is written."""
+    sonic = tmp_path / "Sonic"
+    sonic.mkdir()
+    torch.save(load_golden("audio2bucket", "weights.safetensors"), sonic / "audio2token.pth")
+    torch.save(load_golden("audio2token", "weights.safetensors"), sonic / "audio2bucket.pth")
+    with pytest.raises(WeightsError, match="audio2token.pth holds audio2bucket weights.*swapped"):
+        convert_checkpoints(tmp_path)
+    assert not list(sonic.glob("*.safetensors")) and not list(sonic.glob(".*partial"))
+    with pytest.raises(WeightsError, match="audio2bucket.pth holds audio2token weights"):
+        convert_file(sonic / "audio2bucket.pth", what="Sonic audio2bucket.pth", role="audio2bucket")
 
 
 def test_finder_prefers_twins_after_convert(tmp_path):

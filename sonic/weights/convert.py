@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError
+from .checking import RELEASE_NAMES, identify_weights, shapes_of
 from .locate import WHISPER_FOLDER, _layout_and_target, _search_roots
 from .reading import check_is_file, read_safetensors_metadata, read_state_dict
 
@@ -73,11 +74,17 @@ def _difference(expected: dict[str, str], got: dict[str, str]) -> str:
     return ", ".join(parts)
 
 
-def convert_file(source, twin=None, *, what: str, trust_pickle: bool = False) -> Path:
-    """Write (or verify) the safetensors twin of one pickled state dict; returns the twin's path."""
+def convert_file(source, twin=None, *, what: str, trust_pickle: bool = False, role: str | None = None) -> Path:
+    """Write (or verify) the safetensors twin of one pickled state dict; returns the twin's path.
+
+    `role` (a `RELEASE_NAMES` key such as "audio2token"): refuse a file whose keys clearly belong
+    to another known model (e.g. audio2token.pth and audio2bucket.pth swapped) before writing.
+    """
     source = check_is_file(source, what)
     twin = Path(twin) if twin is not None else source.with_suffix(".safetensors")
     state = read_state_dict(source, what=what, trust_pickle=trust_pickle)
+    if role is not None:
+        _check_role(state, source, role)
     expected = state_dict_digests(state)
     if twin.exists():
         got = safetensors_digests(check_is_file(twin, what))
@@ -103,31 +110,44 @@ def convert_file(source, twin=None, *, what: str, trust_pickle: bool = False) ->
     return twin
 
 
-def _convertible(models_dir: Path) -> tuple[list[tuple[Path, Path, str]], list[Path]]:
-    """(source, twin, what) of every pickled Sonic/RIFE/Whisper file, and twins found without source."""
+def _check_role(state, source: Path, role: str) -> None:
+    """WeightsError when the file's keys/shapes are those of another known model than its name says."""
+    found = identify_weights(shapes_of(state))
+    if found is None or found == role:
+        return
+    short = {"audio2token": "audio2token", "audio2bucket": "audio2bucket", "unet": "Sonic UNet",
+             "rife": "RIFE", "whisper": "Whisper"}
+    other = short.get(found, RELEASE_NAMES.get(found, found))
+    swapped = " the files are swapped or misnamed;" if found in short else ""
+    raise WeightsError(f"{source} holds {other} weights, not those of {RELEASE_NAMES.get(role, role)}:{swapped} "
+                       f"put each file under its released name and run convert again (no twin of it was written)")
+
+
+def _convertible(models_dir: Path) -> tuple[list[tuple[Path, Path, str, str]], list[Path]]:
+    """(source, twin, what, role) of every pickled Sonic/RIFE/Whisper file, and twins found without source."""
     _, target, _ = _layout_and_target(models_dir)
     roots = _search_roots(models_dir)
     if target.is_dir() and target not in roots:
         roots.append(target)
-    jobs: list[tuple[Path, Path, str]] = []
+    jobs: list[tuple[Path, Path, str, str]] = []
     orphans: list[Path] = []
     seen: set[Path] = set()
 
-    def consider(source: Path, twin: Path, what: str) -> None:
+    def consider(source: Path, twin: Path, what: str, role: str) -> None:
         if source.is_file():
             key = source.resolve()
             if key not in seen:
                 seen.add(key)
-                jobs.append((source, twin, what))
+                jobs.append((source, twin, what, role))
         elif twin.is_file():
             orphans.append(twin)
 
     for root in roots:
         for folder in (root / "Sonic", root):
             for stem in ("unet", "audio2token", "audio2bucket"):
-                consider(folder / f"{stem}.pth", folder / f"{stem}.safetensors", f"Sonic {stem}.pth")
+                consider(folder / f"{stem}.pth", folder / f"{stem}.safetensors", f"Sonic {stem}.pth", stem)
         for folder in (root / "RIFE", root):
-            consider(folder / "flownet.pkl", folder / "flownet.safetensors", "RIFE flownet.pkl")
+            consider(folder / "flownet.pkl", folder / "flownet.safetensors", "RIFE flownet.pkl", "rife")
         whisper = root / WHISPER_FOLDER
         bin_file, st_file = whisper / "pytorch_model.bin", whisper / "model.safetensors"
         # A model.safetensors from Hugging Face is the real thing, not our twin: leave the .bin alone.
@@ -135,7 +155,7 @@ def _convertible(models_dir: Path) -> tuple[list[tuple[Path, Path, str]], list[P
                 read_safetensors_metadata(st_file).get("converted_by") != CONVERTER_TAG:
             orphans.append(st_file)
         else:
-            consider(bin_file, st_file, "Whisper pytorch_model.bin")
+            consider(bin_file, st_file, "Whisper pytorch_model.bin", "whisper")
     return jobs, orphans
 
 
@@ -147,6 +167,9 @@ def convert_checkpoints(models_dir, *, trust_pickles: bool = False) -> list[Path
     files from the official source. Raises `WeightsError` if the folder holds no Sonic file.
     """
     models_dir = Path(models_dir).expanduser()
+    if models_dir.is_file():
+        raise WeightsError(f"{models_dir} is a file, not a folder; pass the folder that holds the weights (the "
+                           f"official checkpoints/ folder or ComfyUI's models/ folder)")
     if not models_dir.is_dir():
         raise WeightsError(f"weights folder {models_dir} does not exist (pass the official checkpoints/ "
                            f"folder or ComfyUI's models/ folder)")
@@ -154,4 +177,5 @@ def convert_checkpoints(models_dir, *, trust_pickles: bool = False) -> list[Path
     if not jobs and not orphans:
         raise WeightsError(f"no Sonic, RIFE or Whisper weights (.pth/.pkl/.bin/.safetensors) found in {models_dir} "
                            f"or its sonic/ folder; pass the folder that holds Sonic/ or unet.pth")
-    return [convert_file(source, twin, what=what, trust_pickle=trust_pickles) for source, twin, what in jobs]
+    return [convert_file(source, twin, what=what, trust_pickle=trust_pickles, role=role)
+            for source, twin, what, role in jobs]

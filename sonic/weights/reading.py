@@ -113,15 +113,19 @@ def _read_pickle(path: Path, what: str, *, trust_pickle: bool) -> dict[str, torc
         unsafe = unsafe_pickle_globals(path)
         if unsafe or "GLOBAL" in str(exc):  # torch names the import it blocked; anything else is garbage
             raise _refused(path, what, unsafe) from None
-        raise _damaged(path, what, f"not a readable torch file ({_first_line(exc)})") from None
+        # torch's own text here advises weights_only=False (running the file's code): never quote it.
+        raise _damaged(path, what, "not a PyTorch checkpoint (its bytes are not a valid torch pickle)") from None
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, AttributeError, ImportError,
             zipfile.BadZipFile) as exc:
-        raise _damaged(path, what, f"not a readable torch file ({_first_line(exc)})") from None
+        raise _damaged(path, what, f"not a readable PyTorch checkpoint ({_first_line(exc)})") from None
     return _as_state_dict(obj, path, what)
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of an error's text, leaving out torch's unsafe weights_only=False advice."""
     text = str(exc).strip().splitlines()
+    if text and "weights_only" in text[0].lower().replace(" ", "_"):
+        return type(exc).__name__
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 

@@ -80,17 +80,19 @@ class SonicPostProcess:
                 colour_match=False, paste_back=False, output_fps=0.0, unique_id=None):
         import torch
 
-        from sonic.pipeline import soundtrack_for
+        from sonic.pipeline import face_box_in_frame, reference_image, soundtrack_for
 
         progress = ComfyProgress(unique_id)
+        generated = frames.shape[0] == predata.timeline.generated_frames  # Sonic's own frames, not another node's
         if interpolation:
             make_room(sonic_model)
             with comfy_errors(progress, knobs=OOM_KNOBS):
-                # Fed as an iterable of chunks: the streamed path yields [t, H, W, 3] chunks to concatenate.
-                chunks = sonic_model.interpolate_iter(iter([frames]), total=frames.shape[0], callback=progress)
-                frames = torch.cat([c if c.dim() == 4 else c.unsqueeze(0) for c in chunks])
+                frames = sonic_model.interpolate(frames, callback=progress)
             fps = fps * 2
             release_memory(sonic_model)
+        if generated:  # hold the last frame over the final partial 80 ms, so the video ends with its audio
+            held = predata.timeline.held_frames(bool(interpolation))
+            frames = torch.cat([frames, frames[-1:].expand(held, *frames.shape[1:])])
         soundtrack = soundtrack_for(predata, frames.shape[0] / fps)
         rate = predata.audio.original_rate
         wanted = lip_sync != "off" or smoothing > 0 or colour_match or paste_back or output_fps > 0
@@ -100,11 +102,11 @@ class SonicPostProcess:
             portrait = predata.portrait
             options = PostProcessOptions(sync=lip_sync, smoothing=float(smoothing), colour_match=colour_match,
                                          paste_back=paste_back, output_fps=output_fps if output_fps > 0 else None)
-            reference = (portrait.pixels[0].permute(1, 2, 0).float() + 1) / 2  # [-1, 1] CHW -> [0, 1] HWC
             with comfy_errors(progress, knobs=OOM_KNOBS):
                 result = apply_postprocess(frames, fps, soundtrack, rate, options=options,
-                                           reference_crop=reference.clamp(0, 1), crop_box=portrait.crop_box,
-                                           original_image=portrait.original)
+                                           reference_crop=reference_image(portrait), crop_box=portrait.crop_box,
+                                           original_image=portrait.original,
+                                           face_box_in_crop=face_box_in_frame(portrait))
             frames, fps = result.frames, result.fps
             if result.audio is not None:
                 soundtrack, rate = result.audio, result.sample_rate

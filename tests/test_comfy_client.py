@@ -152,7 +152,7 @@ def test_batch_of_four_jobs_with_one_broken_audio(comfy_server, tmp_path, capsys
                                         "portrait_mirrored__speech.mp4"], printed
     for video in videos:
         facts = probe(video)
-        assert facts["video_codec"] == "h264" and facts["audio_codec"] == "aac" and facts["frame_count"] == 24
+        assert facts["video_codec"] == "h264" and facts["audio_codec"] == "aac" and facts["frame_count"] == 25  # 1.0 s of audio at 25 fps
     failure = next(line for line in printed.splitlines() if "FAIL" in line)
     assert "portrait__broken" in failure and "AudioError" in failure and "broken-" in failure, printed
     assert "3 of 4 jobs succeeded, 1 failed" in printed

@@ -80,11 +80,12 @@ def test_preset_runs_to_an_mp4_with_sound(comfy_server, tmp_path, name):
     video = fetch_video(comfy_server, prompt_id, tmp_path / f"{name}.mp4")
     facts = probe(video)
     assert facts["video_codec"] == "h264" and facts["audio_codec"] == "aac", facts
-    # 1.0 s of audio = 25 audio frames -> 12 generated frames at 12.5 fps -> 24 frames at 25 fps (0.96 s).
-    assert facts["frame_count"] == 24, facts
+    # 1.0 s of audio = 25 audio frames -> 12 generated frames at 12.5 fps -> 24 frames at 25 fps, and the
+    # last one held once more: 25 frames, so the video ends with its 1.0 s of audio.
+    assert facts["frame_count"] == 25, facts
     assert facts["fps"] == pytest.approx(25.0)
-    assert facts["video_duration"] == pytest.approx(0.96, abs=0.02)
-    assert facts["audio_duration"] == pytest.approx(0.96, abs=0.05)
+    assert facts["video_duration"] == pytest.approx(1.0, abs=0.02)
+    assert facts["audio_duration"] == pytest.approx(1.0, abs=0.05)
     if name == "sonic_high_quality":  # pasted back into the 192 x 192 input picture
         assert (facts["width"], facts["height"]) == (192, 192), facts
     else:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The ComfyUI server helpers are a plugin of the ComfyUI tests: let pytest rewrite their asserts.
+pytest.register_assert_rewrite("comfyui_server")
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

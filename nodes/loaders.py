@@ -76,8 +76,10 @@ class SonicModelLoader:
                            "GPUs, fp32 on the CPU. fp16 is refused on the CPU."}),
             "memory_policy": (MEMORY_POLICIES, {
                 "default": "keep",
-                "tooltip": "keep: every model stays on the GPU (fastest, most VRAM). offload: models move to the GPU "
-                           "only for their stage. lowvram: like offload and also evicts ComfyUI's other models."}),
+                "tooltip": "keep: every model stays on the GPU (fastest, most VRAM). offload: every model, the UNet "
+                           "included, is on the GPU only during its stage (least VRAM between stages and runs). "
+                           "lowvram: ComfyUI's other models are unloaded first; encoders, VAE and RIFE visit the GPU "
+                           "only for their stage while the UNet stays."}),
             "face_detector": ([AUTO, "yoloface", "opencv"], {
                 "default": AUTO, "advanced": True,
                 "tooltip": "auto: yoloface_v5m.pt when it is in models/sonic, else OpenCV's built-in detector. "

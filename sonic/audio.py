@@ -114,11 +114,18 @@ def _clip_from_comfy_audio(audio: dict) -> AudioClip:
     return _clip_from_original(original, _check_rate(audio["sample_rate"], TENSOR_SOURCE), TENSOR_SOURCE)
 
 
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 768_000  # Hz: telephone-band speech up to studio rates
+
+
 def _check_rate(rate, source: str) -> int:
     valid = (not isinstance(rate, bool) and isinstance(rate, (int, np.integer, float)) and math.isfinite(rate)
              and rate > 0 and rate == int(rate))
     if not valid:
         raise AudioError(f"{source}: the sample rate must be a positive whole number of Hz, got {rate!r}")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        # e.g. (waveform, 1) by mistake: it would make hours of video from a few samples.
+        raise AudioError(f"{source}: a sample rate of {int(rate)} Hz is not plausible for speech; give the real "
+                         f"rate ({MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz, e.g. 16000 or 44100)")
     return int(rate)
 
 

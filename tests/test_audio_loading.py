@@ -349,3 +349,15 @@ def test_bad_in_memory_inputs():
         load_audio({"waveform": torch.zeros(1, 1, 16_000), "sample_rate": 16_000})
     with pytest.raises(AudioError, match="unsupported audio input"):
         load_audio(12345)
+
+
+def test_implausible_sample_rates_are_refused():
+    import numpy as np
+
+    from sonic.audio import load_audio
+    from sonic.errors import AudioError
+
+    with pytest.raises(AudioError, match="not plausible"):
+        load_audio((np.ones(10, np.float32), 1))
+    with pytest.raises(AudioError, match="not plausible"):
+        load_audio((np.ones(16000, np.float32), 10_000_000))

@@ -202,10 +202,7 @@ class SonicPipeline:
 
     def module_devices(self) -> dict[str, str]:
         """Current device of every model (for checking the memory policy)."""
-        names = {"unet": self.models.unet, "vae": self.models.vae, "image_encoder": self.models.image_encoder,
-                 "whisper": self.models.whisper, "audio2token": self.models.audio2token,
-                 "audio2bucket": self.models.audio2bucket, "rife": self.models.rife}
-        return {k: str(next(m.parameters()).device) for k, m in names.items() if m is not None}
+        return {k: str(next(m.parameters()).device) for k, m in self._named_models().items()}
 
     def resident_modules(self) -> set[str]:
         """Names of the models the memory policy holds on the pipeline's device right now (its
@@ -304,10 +301,10 @@ class SonicPipeline:
 
         with self._using(unet):
             latents = sample_latents(
-                _DtypeAdapter(unet, self.dtype), ref_latent=cond.ref_latent, image_latent=cond.image_latent,
+                unet, ref_latent=cond.ref_latent, image_latent=cond.image_latent,
                 clip_embeds=cond.clip_embeds, audio_tokens=cond.audio.tokens, null_tokens=cond.audio.null_tokens,
                 buckets=cond.audio.buckets, face_mask=cond.face_mask, schedule=schedule, noise=noise.to(self.device),
-                config=cfg, callback=on_call)
+                config=cfg, callback=on_call, dtype=self.dtype)
         return latents.float().cpu()
 
     def decode_iter(self, latents: torch.Tensor, *, decode_chunk_size: int | None = None,
@@ -389,35 +386,30 @@ class SonicPipeline:
         produced while they are consumed: decode and interpolation are streamed, so a long video
         never sits in memory as a whole (e.g. feed it to `sonic.video.write_mp4`). The number of
         frames is known up front: `timeline.output_frames(interpolate)`."""
-        prepare_keys = {"face_box", "face_index", "crop", "expand_ratio", "min_resolution", "duration", "config"}
-        encode_keys = {"dynamic_scale", "motion_scale"}
-        unknown = sorted(set(kwargs) - prepare_keys - encode_keys - SAMPLE_SETTINGS - {"inference_steps",
-                                                                                      "i2i_noise_strength", "seed", "noise"})
+        per_job = {"face_box", "face_index", "duration", "noise", "config"}
+        fields = {f.name for f in dataclasses.fields(SonicConfig)}
+        unknown = sorted(set(kwargs) - per_job - fields)
         if unknown:
             raise ParameterError(f"unknown setting(s) {unknown}")
-        # Every setting is checked here, before any model runs.
-        fields = {f.name for f in dataclasses.fields(SonicConfig)}
-        base = kwargs.get("config") or self.config
-        kwargs["config"] = base.replace(**{k: v for k, v in kwargs.items() if k in fields and v is not None},
-                                        **({} if interpolate is None else {"interpolate": interpolate}),
-                                        **({} if decode_chunk_size is None else {"decode_chunk_size": decode_chunk_size}))
-        job = self.prepare(image, audio, **{k: v for k, v in kwargs.items() if k in prepare_keys})
-        cond = self.encode(job, callback=callback, **{k: v for k, v in kwargs.items() if k in encode_keys})
-        sample_kwargs = {k: v for k, v in kwargs.items() if k not in prepare_keys | encode_keys}
-        latents = self.sample(cond, callback=callback, **sample_kwargs)
-        settings = {k: v for k, v in sample_kwargs.items() if v is not None and k != "noise"}
-        do_interpolate = self.config.interpolate if interpolate is None else interpolate
-        frames = self.decode_iter(latents, decode_chunk_size=decode_chunk_size, callback=callback)
-        if do_interpolate:
+        # One config holds every setting of the run; it is checked here, before any model runs,
+        # and the stages below read it from the job.
+        overrides = {k: v for k, v in kwargs.items() if k in fields and v is not None}
+        overrides.update({k: v for k, v in dict(interpolate=interpolate, decode_chunk_size=decode_chunk_size).items()
+                          if v is not None})
+        cfg = (kwargs.get("config") or self.config).replace(**overrides)
+        job = self.prepare(image, audio, face_box=kwargs.get("face_box"), face_index=kwargs.get("face_index"),
+                           duration=kwargs.get("duration"), config=cfg)
+        cond = self.encode(job, callback=callback)
+        latents = self.sample(cond, noise=kwargs.get("noise"), callback=callback)
+        frames = self.decode_iter(latents, decode_chunk_size=cfg.decode_chunk_size, callback=callback)
+        if cfg.interpolate:
             frames = self.interpolate_iter(frames, total=job.timeline.generated_frames, callback=callback)
-        frames = _hold_last_frame(frames, job.timeline.held_frames(do_interpolate))
-        fps = job.timeline.output_fps(do_interpolate)
-        seconds = job.timeline.output_frames(do_interpolate) / fps
+        frames = _hold_last_frame(frames, job.timeline.held_frames(cfg.interpolate))
+        fps = job.timeline.output_fps(cfg.interpolate)
+        seconds = job.timeline.output_frames(cfg.interpolate) / fps
         return SonicOutput(frames=frames, fps=fps, audio=soundtrack_for(job, seconds),
                            sample_rate=job.audio.original_rate, crop_box=tuple(job.portrait.crop_box),
-                           timeline=job.timeline,
-                           config=cond.job.config.replace(interpolate=do_interpolate, **settings),
-                           job=job)
+                           timeline=job.timeline, config=cfg, job=job)
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -487,16 +479,3 @@ def _check_noise(noise: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 def _set_audio_scale(unet, scale: float) -> None:
     # Set on every sampling call, so one run's value never leaks into the next.
     unet.ip_audio_scale = float(scale)
-
-
-class _DtypeAdapter:
-    """Feeds the UNet in its dtype and hands float32 back, so the sampler's math stays fp32."""
-
-    def __init__(self, unet, dtype):
-        self.unet, self.dtype = unet, dtype
-
-    def __call__(self, sample, timestep, clip_context, audio_context, added_time_ids, face_mask):
-        d = self.dtype
-        out = self.unet(sample.to(d), timestep, clip_context.to(d), audio_context.to(d), added_time_ids.to(d),
-                        None if face_mask is None else face_mask.to(d))
-        return out.float()

@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import MANIFESTS, SVD_CONFIGS
 
-from sonic.models.unet import adapter_keys, build_sonic_unet, looks_like_stock_svd_unet
+from sonic.models.unet import adapter_keys, build_sonic_unet
+from sonic.weights import hint_stock_svd_unet, identify_weights
 
 
 def manifest(name: str) -> dict[str, tuple[int, ...]]:
@@ -58,11 +59,13 @@ def test_stock_unet_and_adapter_difference():
 
 
 def test_stock_svd_unet_diagnosis():
-    sonic_keys = list(manifest("unet.json"))
-    stock_keys = list(manifest("svd_unet_stock.json"))
-    assert looks_like_stock_svd_unet(stock_keys)
-    assert not looks_like_stock_svd_unet(sonic_keys)
+    """The weights loader tells Sonic's unet.pth from the stock SVD UNet by its keys."""
+    sonic, stock = manifest("unet.json"), manifest("svd_unet_stock.json")
+    assert identify_weights(sonic) == "unet" and hint_stock_svd_unet(sonic) is None
+    assert identify_weights(stock) == "stock_svd_unet"
+    assert "stock SVD UNet" in hint_stock_svd_unet(stock)
     # single-file SVD checkpoints (svd_xt.safetensors) use the original SGM names
-    assert looks_like_stock_svd_unet(["model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.0.x"])
-    assert not looks_like_stock_svd_unet(list(manifest("audio2token.json")))
-    assert not looks_like_stock_svd_unet([])
+    sgm = {"model.diffusion_model.input_blocks.0.0.weight": (320, 8, 3, 3), "conditioner.embedders.0.x": (1,)}
+    assert "svd_xt.safetensors" in hint_stock_svd_unet(sgm)
+    assert hint_stock_svd_unet(manifest("audio2token.json")) is None
+    assert hint_stock_svd_unet({}) is None

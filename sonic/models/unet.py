@@ -22,7 +22,6 @@ from .audio_attention import (AttentionConditioning, attach_audio_adapters, chec
                               spatio_temporal_transformer)
 
 ADAPTER_KEY_MARKERS = (".attn2.processor.to_k_ip.0.weight", ".attn2.processor.to_v_ip.0.weight")
-SGM_PREFIX = "model.diffusion_model."  # original Stability (SGM) naming of single-file SVD checkpoints
 
 
 class SonicUNet(nn.Module):
@@ -226,14 +225,3 @@ def build_sonic_unet(config: Mapping[str, Any], *, ip_audio_scale: float = 1.0) 
 def adapter_keys(keys: Iterable[str]) -> list[str]:
     """The audio-adapter keys (`...attn2.processor.to_k_ip.0.weight` / `to_v_ip`) among `keys`."""
     return [k for k in keys if k.endswith(ADAPTER_KEY_MARKERS)]
-
-
-def looks_like_stock_svd_unet(keys: Iterable[str]) -> bool:
-    """True when a state dict looks like a stock SVD UNet rather than Sonic's `unet.pth`: original-SGM
-    keys (`model.diffusion_model.` prefix, as in `svd_xt.safetensors`), or diffusers UNet keys
-    without any audio-adapter key."""
-    keys = list(keys)
-    if any(k.startswith(SGM_PREFIX) for k in keys):
-        return True
-    diffusers_unet = "conv_in.weight" in keys and any(".temporal_transformer_blocks." in k for k in keys)
-    return diffusers_unet and not adapter_keys(keys)

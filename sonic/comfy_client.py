@@ -95,6 +95,21 @@ class ComfyClient:
     def object_info(self) -> dict:
         return self.get_json("/object_info")
 
+    def history(self, prompt_id: str, *, wait: float = 30.0, poll: float = 0.2) -> dict:
+        """The finished history entry of one prompt.
+
+        ComfyUI sends `execution_success` on the websocket before it files the history entry, so a
+        client that asks straight away can find nothing; poll for up to `wait` seconds."""
+        deadline = time.monotonic() + wait
+        while True:
+            entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+            if entry:  # ComfyUI files the entry once, when the prompt is done (success or error)
+                return entry
+            if time.monotonic() >= deadline:
+                raise ComfyConnectionError(f"the server reported prompt {prompt_id} finished but has no history entry "
+                                           f"for it after {wait:.0f} s")
+            time.sleep(poll)
+
     def upload(self, path: Path, *, subfolder: str = UPLOAD_SUBFOLDER, name: str | None = None) -> str:
         """Upload a local file into the server's input folder; returns the name loaders accept."""
         content = Path(path).read_bytes()
@@ -547,7 +562,7 @@ class JobRunner:
             self._follow(ws, prompt_id, job)
         finally:
             ws.close()
-        history = self.client.get_json(f"/history/{prompt_id}").get(prompt_id, {})
+        history = self.client.history(prompt_id)
         entries = video_outputs(history.get("outputs", {}))
         if not entries:
             raise SonicError("the workflow finished but no output node reported a video (is a Sonic Video Output or "

@@ -107,6 +107,57 @@ def test_video_outputs_finds_mp4_entries_only():
     assert [e["filename"] for e in video_outputs(outputs)] == ["Sonic_00001_.mp4"]
 
 
+class _LateHistoryServer:
+    """An HTTP server whose /history answers `{}` for the first few asks, as ComfyUI does between sending
+    `execution_success` on the websocket and filing the history entry (main.py calls task_done after)."""
+
+    def __init__(self, empty_answers: int):
+        import http.server
+        import threading
+
+        owner = self
+        self.asks = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                owner.asks += 1
+                body = {} if owner.asks <= empty_answers else {"p1": {"outputs": {"7": {"animated": [True]}},
+                                                                      "status": {"completed": True}}}
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_history_waits_for_the_entry_comfyui_files_after_execution_success():
+    from sonic.comfy_client import ComfyClient, ComfyConnectionError
+
+    server = _LateHistoryServer(empty_answers=3)
+    try:
+        entry = ComfyClient(server.url).history("p1", wait=10.0, poll=0.01)
+        assert entry["outputs"]["7"]["animated"] == [True] and server.asks == 4
+    finally:
+        server.close()
+    never = _LateHistoryServer(empty_answers=10**9)
+    try:
+        with pytest.raises(ComfyConnectionError, match="no history entry for it after"):
+            ComfyClient(never.url).history("p1", wait=0.2, poll=0.01)
+    finally:
+        never.close()
+
+
 def test_unreachable_server_is_a_clear_error_before_any_work(tmp_path):
     from sonic.cli import main
 

@@ -57,7 +57,7 @@ def fetch_video(server, prompt_id: str, dest: Path) -> Path:
     from sonic.comfy_client import ComfyClient, video_outputs
 
     client = ComfyClient(server.url)
-    history = client.get_json(f"/history/{prompt_id}")[prompt_id]
+    history = client.history(prompt_id)
     entries = video_outputs(history["outputs"])
     assert len(entries) == 1, history["outputs"]
     ui = next(iter(v for v in history["outputs"].values() if v.get("images")))

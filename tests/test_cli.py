@@ -136,7 +136,12 @@ def test_sigterm_leaves_no_partial_output(tiny_zoo, media, tmp_path):
                                 str(media / "portrait.png"), "--audio", str(media / "speech_31.0.wav"), "--out", str(out),
                                 "--face-box", box, "--min-resolution", "64", "--steps", "6", "--quiet"],
                                env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(12)
+    # Signal once the half-written video exists (the encoder is running): that is what must be cleaned up.
+    deadline = time.monotonic() + 300
+    while not any(tmp_path.iterdir()) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it wrote a temporary file"
+    assert [p.name.startswith(".long.") for p in tmp_path.iterdir()] == [True], list(tmp_path.iterdir())
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr

@@ -7,10 +7,14 @@ import os
 
 import folder_paths
 
-from .common import CATEGORY, SONIC_MODEL, SONIC_PREDATA, ComfyProgress, comfy_errors, make_room, release_memory
+from .common import (CATEGORY, SONIC_MODEL, SONIC_PREDATA, ComfyProgress, comfy_errors, declared_range_problem,
+                     make_room, release_memory)
 from .paths import UnsafePathError, resolve_media_path
 
-SYNC_MODES = ["off", "auto"]
+SYNC_MODES = ["off", "auto", "manual"]
+MAX_SYNC_OFFSET_MS = 1000.0  # sonic.postprocess.MAX_SYNC_SHIFT_MS
+DEFAULT_FEATHER_PX = 24  # sonic.postprocess.PostProcessOptions.feather_px
+MAX_FEATHER_PX = 1024
 X264_PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 OOM_KNOBS = "turn interpolation off or set the loader's memory_policy to 'offload'"
 
@@ -52,7 +56,8 @@ class SonicPostProcess:
             "optional": {
                 "lip_sync": (SYNC_MODES, {"default": "off", "advanced": True,
                                           "tooltip": "auto: measure the audio/mouth offset and shift the audio to "
-                                                     "match. off: keep the official timing."}),
+                                                     "match. manual: shift the audio by sync_offset_ms. off: keep "
+                                                     "the official timing."}),
                 "smoothing": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "advanced": True,
                                         "tooltip": "Strength of the temporal filter against jitter outside the mouth; "
                                                    "0 = off, 0.5 = recommended."}),
@@ -64,12 +69,26 @@ class SonicPostProcess:
                 "output_fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 120.0, "step": 0.5, "advanced": True,
                                          "tooltip": "Resample the clip to this frame rate; 0 keeps 25 (12.5 without "
                                                     "interpolation)."}),
+                # New inputs go last: saved workflows map widget values by position.
+                "sync_offset_ms": ("FLOAT", {"default": 0.0, "min": -MAX_SYNC_OFFSET_MS, "max": MAX_SYNC_OFFSET_MS,
+                                             "step": 1.0, "advanced": True,
+                                             "tooltip": "With lip_sync = manual: milliseconds to delay the audio "
+                                                        "(positive: the mouth moves after the sound; negative: "
+                                                        "before). The soundtrack keeps its length."}),
+                "feather": ("INT", {"default": DEFAULT_FEATHER_PX, "min": 0, "max": MAX_FEATHER_PX, "step": 1,
+                                    "advanced": True,
+                                    "tooltip": "With paste_back: width in pixels of the soft blend at the crop's "
+                                               "edges inside the picture (0 = hard edge)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, output_fps=0.0, lip_sync="off"):
+    def VALIDATE_INPUTS(cls, output_fps=0.0, lip_sync="off", sync_offset_ms=0.0, feather=DEFAULT_FEATHER_PX):
+        out_of_range = declared_range_problem(cls, output_fps=output_fps, sync_offset_ms=sync_offset_ms,
+                                              feather=feather)
+        if out_of_range:
+            return out_of_range
         if lip_sync not in SYNC_MODES:
             return f"lip_sync must be one of {SYNC_MODES}, got {lip_sync!r}"
         if output_fps is not None and output_fps != 0 and not 1 <= output_fps <= 120:
@@ -77,7 +96,8 @@ class SonicPostProcess:
         return True
 
     def process(self, sonic_model, predata, frames, fps, interpolation, lip_sync="off", smoothing=0.0,
-                colour_match=False, paste_back=False, output_fps=0.0, unique_id=None):
+                colour_match=False, paste_back=False, output_fps=0.0, sync_offset_ms=0.0, feather=DEFAULT_FEATHER_PX,
+                unique_id=None):
         import torch
 
         from sonic.pipeline import face_box_in_frame, reference_image, soundtrack_for
@@ -100,8 +120,10 @@ class SonicPostProcess:
             from sonic.postprocess import PostProcessOptions, apply_postprocess
 
             portrait = predata.portrait
-            options = PostProcessOptions(sync=lip_sync, smoothing=float(smoothing), colour_match=colour_match,
-                                         paste_back=paste_back, output_fps=output_fps if output_fps > 0 else None)
+            sync = float(sync_offset_ms) if lip_sync == "manual" else lip_sync
+            options = PostProcessOptions(sync=sync, smoothing=float(smoothing), colour_match=colour_match,
+                                         paste_back=paste_back, feather_px=int(feather),
+                                         output_fps=output_fps if output_fps > 0 else None)
             with comfy_errors(progress, knobs=OOM_KNOBS):
                 result = apply_postprocess(frames, fps, soundtrack, rate, options=options,
                                            reference_crop=reference_image(portrait), crop_box=portrait.crop_box,

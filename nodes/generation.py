@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .common import (CATEGORY, SONIC_LATENTS, SONIC_MODEL, SONIC_PREDATA, ComfyProgress, SonicLatents, comfy_errors,
-                     make_room, release_memory)
+                     declared_range_problem, make_room, release_memory)
 
 FACE_MODES = ["detect", "full_image", "box"]
 MAX_SEED = 2**63 - 1
@@ -37,11 +37,20 @@ def settings_problem(**settings) -> str | None:
     return None
 
 
+def no_face_message(image) -> str:
+    """The library's no-face message in node terms (Sonic Prepare's settings, not the CLI's flags)."""
+    width, height = int(image.shape[2]), int(image.shape[1])  # IMAGE is [batch, height, width, channels]
+    return (f"no face found in the {width}x{height} portrait. Ways out: connect another image with a clear, "
+            f"frontal, well-lit face; or set face = box and type the face's x1,y1,x2,y2 (input-image pixels) into "
+            f"face_box; or set face = full_image to animate the whole picture without a crop")
+
+
 class SONIC_PreData:
     """Checks and prepares one portrait + audio pair: face crop, model-size image, audio timeline."""
 
-    DESCRIPTION = ("Finds the face, crops and resizes the portrait for the model and cuts the audio. Nothing heavy runs "
-                   "here; the output carries the crop box used later for paste-back.")
+    DESCRIPTION = ("Finds the face, crops and resizes the portrait for the model and cuts the audio; the output "
+                   "carries the crop box used later for paste-back. The Sonic weights load here on first use, after "
+                   "the duration has been checked against the audio.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (SONIC_PREDATA, "FLOAT")
     RETURN_NAMES = ("predata", "seconds")
@@ -83,6 +92,10 @@ class SONIC_PreData:
 
     @classmethod
     def VALIDATE_INPUTS(cls, duration, min_resolution, expand_ratio, face="detect", face_box=""):
+        out_of_range = declared_range_problem(cls, duration=duration, min_resolution=min_resolution,
+                                              expand_ratio=expand_ratio)
+        if out_of_range:
+            return out_of_range
         if face not in FACE_MODES:
             return f"face must be one of {FACE_MODES}, got {face!r}"
         if face == "box":
@@ -90,22 +103,27 @@ class SONIC_PreData:
                 parse_face_box(face_box)
             except ValueError as exc:
                 return str(exc)
-        if duration is not None and duration < 0:
-            return f"duration must be >= 0 seconds (0 = whole audio), got {duration}"
         if min_resolution is not None and min_resolution % 64:
             return f"min_resolution must be a multiple of 64 pixels, got {min_resolution}"
         return settings_problem(min_resolution=min_resolution, expand_ratio=expand_ratio) or True
 
     def prepare(self, sonic_model, image, audio, duration, min_resolution, expand_ratio, face="detect", face_index=-1,
                 face_box="", crop=True):
+        from sonic.errors import FaceNotFoundError
+
+        # Cheap checks first: the model loader only checked the files, the weights load below.
         self.check_duration(audio, duration)
         box = {"detect": None, "full_image": "full", "box": None}[face]
         if face == "box":
             box = parse_face_box(face_box)
-        with comfy_errors(None, knobs=OOM_KNOBS):
-            job = sonic_model.prepare(image[:1], audio, face_box=box, face_index=None if face_index < 0 else face_index,
-                                      crop=crop, expand_ratio=expand_ratio, min_resolution=min_resolution,
-                                      duration=duration if duration > 0 else None)
+        try:
+            with comfy_errors(None, knobs=OOM_KNOBS):
+                job = sonic_model.prepare(image[:1], audio, face_box=box,
+                                          face_index=None if face_index < 0 else face_index, crop=crop,
+                                          expand_ratio=expand_ratio, min_resolution=min_resolution,
+                                          duration=duration if duration > 0 else None)
+        except FaceNotFoundError:
+            raise FaceNotFoundError(no_face_message(image)) from None
         return (job, float(job.timeline.video_seconds))
 
     @staticmethod
@@ -179,7 +197,8 @@ class SonicInference:
         # Only settings that constrain each other are named here; the rest keep ComfyUI's min/max checks.
         settings = dict(inference_steps=inference_steps, i2i_noise_strength=i2i_noise_strength,
                         frames_per_window=frames_per_window, window_overlap=window_overlap)
-        return settings_problem(**{k: v for k, v in settings.items() if v is not None}) or True
+        return (declared_range_problem(cls, **settings)
+                or settings_problem(**{k: v for k, v in settings.items() if v is not None}) or True)
 
     def sample(self, sonic_model, predata, seed, inference_steps, dynamic_scale, unique_id=None, **optional):
         advanced = {k: v for k, v in optional.items() if k in self.ADVANCED}

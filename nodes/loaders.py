@@ -102,7 +102,7 @@ class SonicModelLoader:
 
     def load(self, svd_model, dtype, memory_policy, face_detector):
         from sonic.errors import WeightsError
-        from sonic.pipeline import SonicPipeline
+        from sonic.weights.locate import find_model_files
 
         models_dir = find_models_dir()
         if not models_dir.is_dir():
@@ -112,14 +112,62 @@ class SonicModelLoader:
         svd = auto_svd_checkpoint(models_dir) if svd_model == AUTO else folder_paths.get_full_path("checkpoints", svd_model)
         use_yolo = face_detector == "yoloface" or (
             face_detector == AUTO and any((models_dir / f).is_file() for f in FACE_DETECTOR_FILES))
+        # Only names and sizes are checked here (one error listing every missing file); the weights
+        # load when a node first needs them, after Sonic Prepare has checked its cheap inputs.
+        find_model_files(models_dir, need_face_detector=use_yolo, need_interpolation=True, svd_checkpoint=svd)
+        device = model_management().get_torch_device()
+        return (LazySonicPipeline(models_dir, device=device, dtype=dtype, memory_policy=memory_policy,
+                                  svd_checkpoint=svd, face_detector=use_yolo),)
+
+
+class LazySonicPipeline:
+    """The SONIC_MODEL value: a `SonicPipeline` that is built on first use, then kept.
+
+    ComfyUI caches the loader's output, so later prompts reuse the built pipeline. `device` and
+    `memory_policy` are known without loading (make_room/release_memory read them); every
+    other attribute is the pipeline's.
+    """
+
+    def __init__(self, models_dir: Path, *, device, dtype: str, memory_policy: str, svd_checkpoint,
+                 face_detector: bool):
+        self.models_dir = models_dir
+        self.device = device
+        self.dtype = dtype
+        self.memory_policy = memory_policy
+        self.svd_checkpoint = svd_checkpoint
+        self.use_face_detector = face_detector
+        self._pipeline = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipeline is not None
+
+    def pipeline(self):
+        """The `SonicPipeline`, loading every weight the first time."""
+        if self._pipeline is None:
+            self._pipeline = self._build()
+        return self._pipeline
+
+    def _build(self):
+        from sonic.pipeline import SonicPipeline
+
         mm = model_management()
-        device = mm.get_torch_device()
-        if memory_policy == "lowvram" and device.type != "cpu":
+        if self.memory_policy == "lowvram" and self.device.type != "cpu":
             mm.unload_all_models()
         with comfy_errors(None, knobs="set memory_policy to 'offload' or 'lowvram', or dtype to fp16/bf16"):
-            pipe = SonicPipeline.from_pretrained(models_dir, device=device, dtype=dtype, memory_policy=memory_policy,
-                                                 svd_checkpoint=svd, face_detector=use_yolo, interpolation=True)
-        return (pipe,)
+            return SonicPipeline.from_pretrained(self.models_dir, device=self.device, dtype=self.dtype,
+                                                 memory_policy=self.memory_policy, svd_checkpoint=self.svd_checkpoint,
+                                                 face_detector=self.use_face_detector, interpolation=True)
+
+    def __getattr__(self, name: str):
+        # Only called for names not set in __init__: the pipeline's stages (prepare, encode, ...).
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.pipeline(), name)
+
+    def __repr__(self) -> str:
+        state = "loaded" if self.loaded else "not loaded yet"
+        return f"LazySonicPipeline({self.models_dir}, {self.memory_policy}, {state})"
 
 
 # ------------------------------------------------------------------------------ audio
@@ -173,7 +221,8 @@ class SonicImageLoader:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "MASK")
     RETURN_NAMES = ("image", "mask")
-    OUTPUT_TOOLTIPS = ("RGB image [1, H, W, 3] in 0..1.", "1 where the image is transparent (64x64 zeros without alpha).")
+    OUTPUT_TOOLTIPS = ("RGB image [1, H, W, 3] in 0..1; transparent parts are shown over white, as Sonic sees them.",
+                       "1 where the image is transparent (64x64 zeros without alpha).")
     FUNCTION = "load"
 
     @classmethod
@@ -199,24 +248,29 @@ class SonicImageLoader:
     def load(self, image):
         import numpy as np
         import torch
-        from PIL import Image, ImageOps, UnidentifiedImageError
 
-        from sonic.errors import ImageError
+        from sonic.face import load_image
 
         path = resolve_media_path(image, kind="image")
+        # The pipeline's own decoding: 16-bit scaled, transparency over white, grey, EXIF rotation.
+        rgb = load_image(path)
+        pixels = torch.from_numpy(rgb.astype(np.float32) / 255.0).unsqueeze(0)
+        return (pixels, transparency_mask(path))
+
+
+def transparency_mask(path: str):
+    """Core LoadImage's MASK: 1 - alpha [1, H, W] when the file has alpha, else 64x64 zeros."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as opened:
+        has_alpha = "A" in opened.getbands() or (opened.mode == "P" and "transparency" in opened.info)
+        if not has_alpha:
+            return torch.zeros((1, 64, 64), dtype=torch.float32)
         try:
-            with Image.open(path) as opened:
-                picture = ImageOps.exif_transpose(opened)
-                picture.load()
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ImageError(f"cannot decode the image {image!r} ({exc}); save it as PNG or JPEG and upload it again") from None
-        if picture.mode == "I":  # 16-bit greyscale PNGs
-            picture = picture.point(lambda v: v * (1 / 255))
-        rgb = np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0
-        pixels = torch.from_numpy(rgb).unsqueeze(0)
-        if "A" in picture.getbands():
-            alpha = np.asarray(picture.getchannel("A"), dtype=np.float32) / 255.0
-            mask = 1.0 - torch.from_numpy(alpha).unsqueeze(0)
-        else:
-            mask = torch.zeros((1, 64, 64), dtype=torch.float32)
-        return (pixels, mask)
+            upright = ImageOps.exif_transpose(opened)  # the same orientation as the pixels
+        except Exception:  # load_image ignores a corrupt EXIF block too
+            upright = opened
+        alpha = np.asarray(upright.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
+    return 1.0 - torch.from_numpy(alpha).unsqueeze(0)

@@ -170,15 +170,30 @@ def test_static_problems_are_rejected_at_queue_time(comfy_server):
         assert expected in details, f"{expected!r} not reported: {details}"
 
 
-def test_duration_longer_than_the_audio_is_refused_before_sampling(comfy_server):
+def test_duration_longer_than_the_audio_is_refused_before_any_weight_loads(comfy_server):
+    """The loader only checks that the files exist; Sonic Prepare refuses the duration before loading them.
+
+    The UNet file is present but unreadable here: loading it would fail at the loader."""
     prompt = json.loads((REPO / "workflows" / "api" / "sonic_fast.json").read_text())
+    # Loader settings no other test uses, so ComfyUI cannot serve the loader from its cache.
+    prompt["1"]["inputs"].update(dtype="fp32", memory_policy="lowvram", face_detector="opencv")
     for node in prompt.values():
         node["inputs"].update({k: v for k, v in {"image": "portrait.png", "audio": "speech.wav", "duration": 5.0,
                                                  "min_resolution": 64, "inference_steps": 2}.items()
                                if k in node["inputs"] and not isinstance(node["inputs"][k], list)})
-    _, messages = run_prompt(comfy_server, prompt)
+    unet = comfy_server.base / "models" / "sonic" / "unet.pth"
+    hidden = unet.with_name("unet.pth.hidden")
+    unet.rename(hidden)
+    try:
+        unet.write_bytes(b"not a checkpoint" * 64)
+        _, messages = run_prompt(comfy_server, prompt)
+    finally:
+        unet.unlink(missing_ok=True)
+        hidden.rename(unet)
+    cached = {n for m in messages if m["type"] == "execution_cached" for n in m["data"].get("nodes", [])}
+    assert "1" not in cached, "the loader was served from the cache, so this test proves nothing"
     end = final_message(messages)
     assert end["type"] == "execution_error", end
-    assert end["data"]["node_type"] == "SONIC_PreData"
+    assert end["data"]["node_type"] == "SONIC_PreData", end["data"]
     assert "longer than the audio" in end["data"]["exception_message"]
     assert not any(m["type"] == "progress" and m["data"].get("node") == "5" for m in messages), "sampling started"

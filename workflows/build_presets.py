@@ -93,7 +93,7 @@ PRESETS = {
     "sonic_fast": dict(
         workflow_id="5a0c0001-0000-4000-8000-000000000001",
         caption="Sonic fast preview: 512 px, 15 steps, RIFE 25 fps",
-        nodes=dict(resolution=512, steps=15, postprocess=[True, "off", 0.0, False, False, 0.0],
+        nodes=dict(resolution=512, steps=15, postprocess=[True, "off", 0.0, False, False, 0.0, 0.0, 24],
                    prefix="sonic/Sonic_fast", crf=20, preset="veryfast"),
         note="Sonic fast preview (about 512 px, 15 steps). Put the weights in ComfyUI/models/sonic (see the README), "
              "copy example_portrait.jpg and example_speech.wav from the pack's workflows/ folder into ComfyUI/input "
@@ -101,7 +101,7 @@ PRESETS = {
     "sonic_high_quality": dict(
         workflow_id="5a0c0001-0000-4000-8000-000000000002",
         caption="Sonic high quality: 768 px, 28 steps, RIFE, smoothing, colour match, paste-back",
-        nodes=dict(resolution=768, steps=28, postprocess=[True, "off", 0.5, True, True, 0.0],
+        nodes=dict(resolution=768, steps=28, postprocess=[True, "off", 0.5, True, True, 0.0, 0.0, 24],
                    prefix="sonic/Sonic_hq", crf=17, preset="slow"),
         note="Sonic high quality (768 px, 28 steps, RIFE interpolation, smoothing, colour match, paste-back into the "
              "full picture). Needs about 2x the VRAM and 3-4x the time of the fast preset. Weights: "

@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-crop", action="store_true", help="keep the whole picture instead of a square face crop")
     gen.add_argument("--expand-ratio", type=float, help="crop margin around the face (default 0.5)")
     gen.add_argument("--min-resolution", type=int, help="short side of the model input in px (default 512)")
+    gen.add_argument("--max-image-pixels", type=int,
+                     help="refuse input pictures with more pixels than this (default 40000000 = 40 MP)")
     gen.add_argument("--duration", type=float, help="seconds of audio to use (default: all)")
     gen.add_argument("--steps", type=int, help="denoising steps (default 25)")
     gen.add_argument("--seed", type=int, help="random seed (default 72589, the official one)")
@@ -139,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     zoo = sub.add_parser("make-tiny-zoo", help="write a tiny random-weight model folder (for trying the tools)")
     zoo.add_argument("dest")
     zoo.add_argument("--layout", default="official", choices=["official", "comfyui"])
+    zoo.add_argument("--svd-single-file", action="store_true",
+                     help="put the SVD VAE + CLIP in checkpoints/svd_xt.safetensors (original layout)")
     zoo.set_defaults(run=run_make_zoo)
 
     for p in (gen, doctor, convert, zoo):
@@ -164,11 +168,12 @@ def run_generate(args) -> int:
         crop=False if args.no_crop else None, expand_ratio=args.expand_ratio, min_resolution=args.min_resolution,
         inference_steps=args.steps, dynamic_scale=args.dynamic_scale, motion_scale=args.motion_scale,
         i2i_noise_strength=args.i2i_noise_strength, seed=args.seed, interpolate=not args.no_interpolate,
-        decode_chunk_size=args.decode_chunk_size).items() if v is not None})
+        decode_chunk_size=args.decode_chunk_size, max_image_pixels=args.max_image_pixels).items() if v is not None})
     find_model_files(args.models, need_interpolation=config.interpolate, svd_checkpoint=args.svd_checkpoint,
                      need_face_detector=False)
     audio = load_audio(args.audio, duration=args.duration)
-    image = load_image(args.image)
+    check_sync_measurable(postprocess, audio.seconds)
+    image = load_image(args.image, max_image_pixels=config.max_image_pixels, limit_name="--max-image-pixels")
 
     import torch
 
@@ -202,7 +207,29 @@ def run_generate(args) -> int:
         height, width = out.frames.shape[1:3]
     print(f"wrote {out_path}: {num_frames} frames at {out.fps:g} fps = {num_frames / out.fps:.2f} s of video, "
           f"{width}x{height} px, in {seconds:.1f} s ({peak})")
+    for line in postprocess_summary(out.report.get("postprocess") or {}):
+        print(line)
     return 0
+
+
+def postprocess_summary(report: dict) -> list[str]:
+    """Lines saying what post-processing did (the same facts go into the MP4's tag)."""
+    lines = []
+    sync = report.get("sync")
+    if sync is not None:
+        lines.append(sync_summary(sync))
+    return lines
+
+
+def sync_summary(entry: dict) -> str:
+    """One line on lip-sync calibration: the shift applied, or why none was."""
+    shift = float(entry.get("applied_shift_ms", 0.0))
+    if entry.get("mode") == "manual":
+        return f"sync: soundtrack shifted by {shift:+.0f} ms (given with --sync)"
+    measured = f"measured mouth offset {entry['measured_offset_ms']:+.0f} ms, confidence {entry['confidence']:g}"
+    if "note" in entry:
+        return f"sync: {entry['note']}; {measured}"
+    return f"sync: soundtrack shifted by {shift:+.0f} ms ({measured})"
 
 
 def parse_face_box(text: str):
@@ -234,6 +261,17 @@ def postprocess_options(args):
             raise ParameterError(f"--sync must be off, auto or a number of milliseconds, got {args.sync!r}") from None
     return PostProcessOptions(sync=sync, smoothing=args.smooth, colour_match=args.color_match,
                               paste_back=args.paste_back, output_fps=args.output_fps)
+
+
+def check_sync_measurable(postprocess, seconds: float) -> None:
+    """`--sync auto` measures the offset on the finished clip: refuse a too-short one before generating."""
+    from .sync import MIN_SECONDS
+
+    if postprocess is not None and postprocess.sync == "auto" and seconds < MIN_SECONDS:
+        from .errors import ParameterError
+
+        raise ParameterError(f"--sync auto needs at least {MIN_SECONDS:g} s of audio to measure the lip-sync offset, "
+                             f"this clip lasts {seconds:.2f} s; use --sync off, or give the offset in ms (--sync 40)")
 
 
 def provenance(image, audio, config, extra=None) -> dict:
@@ -327,6 +365,6 @@ def run_convert(args) -> int:
 def run_make_zoo(args) -> int:
     from .zoo import write_tiny_zoo
 
-    path = write_tiny_zoo(args.dest, layout=args.layout)
+    path = write_tiny_zoo(args.dest, layout=args.layout, svd_single_file=args.svd_single_file)
     print(f"tiny random-weight models written to {path} (for trying the tools; the videos are noise)")
     return 0

@@ -44,6 +44,9 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VAE_SCALING_FACTOR = 0.18215  # hard-coded in the official pipeline (not read from the VAE config)
 
+# --- Input safety -----------------------------------------------------------------------------
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # decoding cap: bigger pictures are almost surely mistakes (or bombs)
+
 # --- Face detector (SPEC 2.1) ---------------------------------------------------------------
 YOLO_SHORT_SIDE = 416
 YOLO_STRIDE_MULTIPLE = 32
@@ -61,6 +64,9 @@ class SonicConfig:
     crop: bool = True  # crop a square around the face first (the official gradio app always does)
     face_mask_area: float = 1.1  # official `area`: face box enlarged this much for the audio mask
     max_pixels: int = 1024 * 1024  # cap on model-input pixels; larger inputs are scaled down with a warning
+    # Cap on the input picture's own width x height (checked from the file header before decoding):
+    # a bigger picture is refused with a clear error instead of exhausting memory. Not max_pixels above.
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     # Sampling
     inference_steps: int = 25  # denoising steps before `i2i_noise_strength` is applied
@@ -105,8 +111,8 @@ class SonicConfig:
             if not ok:
                 raise ParameterError(message)
 
-        for name in ("min_resolution", "max_pixels", "inference_steps", "frames_per_window", "window_overlap",
-                     "shift_offset", "seed", "decode_chunk_size"):
+        for name in ("min_resolution", "max_pixels", "max_image_pixels", "inference_steps", "frames_per_window",
+                     "window_overlap", "shift_offset", "seed", "decode_chunk_size"):
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool), f"{name} must be a whole number, got {value!r}")
         for name in ("crop", "interpolate"):
@@ -121,6 +127,8 @@ class SonicConfig:
         need(0 <= self.expand_ratio <= 5, f"expand_ratio must be between 0 and 5, got {self.expand_ratio}")
         need(self.face_mask_area > 0, f"face_mask_area must be positive, got {self.face_mask_area}")
         need(self.max_pixels >= 64 * 64, f"max_pixels must be at least 4096, got {self.max_pixels}")
+        need(self.max_image_pixels >= 64 * 64,
+             f"max_image_pixels must be at least 4096 (a 64x64 picture), got {self.max_image_pixels}")
         need(1 <= self.inference_steps <= 1000, f"inference_steps must be between 1 and 1000, got {self.inference_steps}")
         need(0 < self.i2i_noise_strength <= 1, f"i2i_noise_strength must be in (0, 1], got {self.i2i_noise_strength}")
         need(self.run_steps >= 1, (

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import CLIP_MEAN, CLIP_SIZE, CLIP_STD, SIZE_MULTIPLE
+from .config import CLIP_MEAN, CLIP_SIZE, CLIP_STD, DEFAULT_MAX_IMAGE_PIXELS, SIZE_MULTIPLE
 from .errors import FaceNotFoundError, ImageError, ParameterError
 from .face_detectors import FaceBox, FaceDetector, HaarFaceDetector, select_face
 
@@ -29,25 +29,25 @@ logger = logging.getLogger(__name__)
 
 MIN_IMAGE_SIDE = 32  # px: anything smaller cannot hold a usable face
 MIN_CROP_SIDE = 16  # px: a smaller face crop is a mistake (a face box of a few pixels)
-DEFAULT_MAX_DECODE_PIXELS = 40_000_000  # decoding cap: bigger pictures are almost surely mistakes (or bombs)
-
 
 
 # --- loading ----------------------------------------------------------------------------------
 
-def load_image(source, *, max_pixels: int | None = None) -> np.ndarray:
+def load_image(source, *, max_image_pixels: int | None = None, limit_name: str = "max_image_pixels") -> np.ndarray:
     """Any supported picture -> uint8 RGB array (height, width, 3).
 
     Accepted: a file path (PNG, JPEG, WebP, BMP, ... anything Pillow reads; EXIF orientation
     is applied), a PIL image, a numpy array (uint8/uint16 or float in [0, 1]; HxW gray, HxWx1,
     HxWx3 RGB or HxWx4 RGBA) or a ComfyUI IMAGE tensor (float [B,H,W,C] in [0, 1], image 0 is
     used; [H,W,C] also accepted). Transparent pixels are composited over WHITE. 16-bit
-    pictures are scaled to 8 bits (value / 257). `max_pixels` caps width*height (default
-    40 megapixels) so a huge file fails fast with a clear message instead of exhausting memory.
+    pictures are scaled to 8 bits (value / 257). `max_image_pixels` caps width*height of the
+    picture (default 40 megapixels) so a huge file fails fast, before decoding, with a clear
+    message instead of exhausting memory; `limit_name` is how that message names the setting
+    (e.g. the CLI flag `--max-image-pixels`).
     """
     from PIL import Image
 
-    limit = DEFAULT_MAX_DECODE_PIXELS if max_pixels is None else int(max_pixels)
+    limit = _image_limit(max_image_pixels, limit_name)
     if isinstance(source, (str, os.PathLike)):
         rgb = _load_image_file(os.fspath(source), limit)
     elif isinstance(source, Image.Image):
@@ -64,7 +64,24 @@ def load_image(source, *, max_pixels: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-def _load_image_file(path: str, limit: int) -> np.ndarray:
+@dataclass(frozen=True)
+class _ImageLimit:
+    """The picture-size cap and the name of the setting that raises it (for messages)."""
+
+    pixels: int
+    name: str
+
+
+def _image_limit(max_image_pixels, limit_name: str) -> _ImageLimit:
+    if max_image_pixels is None:
+        return _ImageLimit(DEFAULT_MAX_IMAGE_PIXELS, limit_name)
+    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, numbers.Integral) \
+            or max_image_pixels < SIZE_MULTIPLE * SIZE_MULTIPLE:
+        raise ParameterError(f"{limit_name} must be a whole number of pixels >= 4096, got {max_image_pixels!r}")
+    return _ImageLimit(int(max_image_pixels), limit_name)
+
+
+def _load_image_file(path: str, limit: _ImageLimit) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.exists(path):
@@ -105,28 +122,34 @@ def _png_header_size(path: str) -> tuple[int, int] | None:
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
-def _bomb_message(what: str, exc: Exception, limit: int) -> str:
+def _bomb_message(what: str, exc: Exception, limit: _ImageLimit) -> str:
     """The size message for a picture Pillow refuses as a decompression bomb (pixel count from its text)."""
     from PIL import Image
 
     found = re.search(r"\((\d+) pixels\)", str(exc))
     size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "too many pixels"
     pillow_limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
-    if pillow_limit is not None and pillow_limit < limit:
+    if pillow_limit is not None and pillow_limit < limit.pixels:
         return (f"{what} is {size}, above Pillow's limit of {pillow_limit / 1e6:.1f} megapixels. "
                 f"Downscale it first (the model works at about 512 px)")
-    return (f"{what} is {size}, above the limit of {limit / 1e6:.1f} megapixels. "
-            f"Downscale it first (the model works at about 512 px), or raise max_pixels")
+    return f"{what} is {size}, {_over_limit_advice(limit)}"
 
 
-def _check_size(width: int, height: int, limit: int, what: str) -> None:
+def _pixel_count(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} megapixels" if pixels >= 100_000 else f"{pixels:,} pixels"
+
+
+def _over_limit_advice(limit: _ImageLimit) -> str:
+    return (f"above the picture-size limit of {_pixel_count(limit.pixels)} ({limit.name}). Downscale it "
+            f"first (the model works at about 512 px), or raise {limit.name} if the picture is meant to be this big")
+
+
+def _check_size(width: int, height: int, limit: _ImageLimit, what: str) -> None:
     if min(width, height) < MIN_IMAGE_SIDE:
         raise ImageError(f"{what} is {width}x{height} px; both sides must be at least {MIN_IMAGE_SIDE} px. "
                          f"Use a larger portrait (a face of at least about 128 px works best)")
-    if width * height > limit:
-        raise ImageError(f"{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the limit of "
-                         f"{limit / 1e6:.1f} megapixels. Downscale it first (the model works at about 512 px), "
-                         f"or raise max_pixels")
+    if width * height > limit.pixels:
+        raise ImageError(f"{what} is {width}x{height} = {_pixel_count(width * height)}, {_over_limit_advice(limit)}")
 
 
 def _exif_upright(img):
@@ -410,6 +433,7 @@ def _to_clip_tensor(resized) -> torch.Tensor:
 def prepare_portrait(image, *, detector: FaceDetector | None = None, face_box=None, face_index: int | None = None,
                      crop: bool = True, expand_ratio: float = 0.5, min_resolution: int = 512,
                      face_mask_area: float = 1.1, max_pixels: int = 1024 * 1024,
+                     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                      official_face_selection: bool = False) -> PreparedPortrait:
     """Portrait -> model inputs, following the official preprocessing (SPEC 2.2-2.3). Pure CPU.
 
@@ -423,7 +447,8 @@ def prepare_portrait(image, *, detector: FaceDetector | None = None, face_box=No
                     False keeps the whole picture, any aspect ratio.
     min_resolution: short side of the model input in pixels (both sides snap to multiples of 64).
     face_mask_area: the face box is enlarged this much (about its centre) for the audio mask.
-    max_pixels:     cap on W*H; a larger result lowers min_resolution with a warning.
+    max_pixels:     cap on the model input's W*H; a larger result lowers min_resolution with a warning.
+    max_image_pixels: cap on the input picture's own W*H (`load_image`); a larger one is refused.
     official_face_selection: reproduce the reference's buggy "largest face" choice.
     """
     _validate_settings(expand_ratio, min_resolution, face_mask_area, max_pixels)
@@ -436,7 +461,7 @@ def prepare_portrait(image, *, detector: FaceDetector | None = None, face_box=No
     whole_image = face_box == "full"
     if face_box is not None and face_index is not None:
         raise ParameterError("give either face_box or face_index, not both")
-    original = load_image(image)
+    original = load_image(image, max_image_pixels=max_image_pixels)
     height0, width0 = original.shape[:2]
 
     if whole_image:

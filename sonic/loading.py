@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import WeightsError
-from .weights import HINTS, ModelFiles, find_model_files, load_strict, load_torchscript, read_state_dict
+from .weights import BUILTIN_SVD_CONFIGS, HINTS, ModelFiles, find_model_files, load_strict, load_torchscript, read_state_dict
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -113,19 +113,7 @@ def load_svd_parts(files: ModelFiles):
     vae_config = read_json(files.vae_config, "VAE")
     clip_config = read_json(files.image_encoder_config, "CLIP image encoder")
     if files.svd_checkpoint is not None:
-        from .svd_single_file import split_svd_single_file
-
-        from safetensors import safe_open
-
-        try:
-            handle = safe_open(str(files.svd_checkpoint), framework="pt")
-        except Exception as exc:  # safetensors raises its own error types for damaged headers
-            raise WeightsError(f"{files.svd_checkpoint} is not a readable .safetensors SVD checkpoint "
-                               f"({' '.join(str(exc).split())[:120]}); use svd_xt.safetensors or svd_xt_1_1.safetensors "
-                               f"from stabilityai, downloaded again if it is damaged") from None
-        with handle:
-            lazy = _LazyTensors(handle)
-            vae_state, clip_state = split_svd_single_file(lazy, vae_config=vae_config, clip_config=clip_config)
+        vae_state, clip_state, vae_config, clip_config = _read_svd_single_file(files, vae_config, clip_config)
         vae_path = clip_path = files.svd_checkpoint
     else:
         vae_state = read_state_dict(files.vae_weights, what="vae")
@@ -138,6 +126,36 @@ def load_svd_parts(files: ModelFiles):
     image_encoder = load_strict(image_encoder, clip_state, path=clip_path, what="CLIP image encoder",
                                 hints=HINTS["image_encoder"]).float()
     return vae, image_encoder
+
+
+def _read_svd_single_file(files: ModelFiles, vae_reference: dict, clip_reference: dict):
+    """(vae_state, clip_state, vae_config, clip_config) of a single-file SVD checkpoint.
+
+    The configs follow the file's tensor shapes (a reduced test-size file loads too); the
+    reference configs (an SVD folder's, else the built-in SVD-xt ones) supply what shapes do not
+    tell, and a full-size file must agree with them (`single_file_configs`).
+    """
+    from safetensors import safe_open
+
+    from .svd_single_file import single_file_configs, split_svd_single_file
+
+    try:
+        handle = safe_open(str(files.svd_checkpoint), framework="pt")
+    except Exception as exc:  # safetensors raises its own error types for damaged headers
+        raise WeightsError(f"{files.svd_checkpoint} is not a readable .safetensors SVD checkpoint "
+                           f"({' '.join(str(exc).split())[:120]}); use svd_xt.safetensors or svd_xt_1_1.safetensors "
+                           f"from stabilityai, downloaded again if it is damaged") from None
+    with handle:
+        vae_state, clip_state = split_svd_single_file(_LazyTensors(handle))
+    vae_config, clip_config = single_file_configs(
+        vae_state, clip_state, vae_reference=vae_reference, clip_reference=clip_reference,
+        vae_reference_is_builtin=_is_builtin(files.vae_config),
+        clip_reference_is_builtin=_is_builtin(files.image_encoder_config))
+    return vae_state, clip_state, vae_config, clip_config
+
+
+def _is_builtin(config_path: Path) -> bool:
+    return config_path.resolve().is_relative_to(BUILTIN_SVD_CONFIGS.resolve())
 
 
 def load_rife(files: ModelFiles):

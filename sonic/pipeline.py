@@ -232,7 +232,8 @@ class SonicPipeline:
         timeline = Timeline.from_samples(len(clip.samples))
         portrait = prepare_portrait(image, detector=self.face_detector(), face_box=face_box, face_index=face_index,
                                     crop=cfg.crop, expand_ratio=cfg.expand_ratio, min_resolution=cfg.min_resolution,
-                                    face_mask_area=cfg.face_mask_area, max_pixels=cfg.max_pixels)
+                                    face_mask_area=cfg.face_mask_area, max_pixels=cfg.max_pixels,
+                                    max_image_pixels=cfg.max_image_pixels)
         return PreparedJob(portrait=portrait, audio=clip, timeline=timeline, config=cfg)
 
     def face_detector(self):

@@ -28,7 +28,7 @@ from typing import List
 import torch
 
 from .errors import ParameterError, WeightsError
-from .weights.locate import BUILTIN_SVD_CONFIGS, SVD_FOLDER, WHISPER_FOLDER
+from .weights.locate import BUILTIN_SVD_CONFIGS, SVD_FOLDER, SVD_SINGLE_FILES, WHISPER_FOLDER
 
 LAYOUTS = ("official", "comfyui")
 FILE_FORMATS = ("pickle", "safetensors")
@@ -44,13 +44,20 @@ def default_fixtures_dir() -> Path:
 
 
 def write_tiny_zoo(dest, *, layout: str = "official", fixtures_dir=None, file_format: str = "pickle",
-                   with_face_detector: bool = False) -> Path:
+                   with_face_detector: bool = False, svd_single_file: bool = False) -> Path:
     """Write the tiny zoo under `dest`; returns the folder to pass as `models_dir`.
 
     layout "official": `dest/{Sonic/, RIFE/flownet.pkl, whisper-tiny/, stable-video-diffusion-img2vid-xt/}`,
     returns `dest`. layout "comfyui": `dest/models/sonic/{unet.pth, ..., flownet.pkl, whisper-tiny/,
     stable-video-diffusion-img2vid-xt/}`, returns `dest/models`. file_format "pickle" writes the
     released `.pth`/`.pkl` names (torch.save), "safetensors" writes `.safetensors` files instead.
+
+    svd_single_file: the SVD VAE and CLIP go into ONE original-layout checkpoint,
+    `<returned folder>/checkpoints/svd_xt.safetensors` (ComfyUI's models/checkpoints), with the
+    same weights as the diffusers folder would hold. The SVD folder then keeps only
+    `unet/config.json` and `image_encoder/config.json`: the tiny UNet's and CLIP's attention-head
+    counts, which no tensor shape records (real users need no such folder: the built-in SVD-xt
+    configs apply). The VAE config is read from the file's shapes.
     """
     if layout not in LAYOUTS:
         raise ParameterError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -82,7 +89,11 @@ def write_tiny_zoo(dest, *, layout: str = "official", fixtures_dir=None, file_fo
     # As released: every key carries `module.`.
     _save(golden_weights("rife", "weights.safetensors"), rife_dir / "flownet", ".pkl", file_format)
     _write_whisper(root / WHISPER_FOLDER, golden)
-    _write_svd(root / SVD_FOLDER, golden)
+    if svd_single_file:
+        write_tiny_svd_single_file(models_dir / "checkpoints" / SVD_SINGLE_FILES[0], fixtures_dir=golden)
+        _write_svd_configs_only(root / SVD_FOLDER, golden)
+    else:
+        _write_svd(root / SVD_FOLDER, golden)
     if with_face_detector:
         write_tiny_face_detector(root / "yoloface_v5m.pt")
     (root / "TINY_RANDOM_WEIGHTS.txt").write_text(
@@ -170,19 +181,55 @@ def _write_svd(folder: Path, golden: Path) -> None:
     write_tiny_clip(folder / "image_encoder")
 
 
-def write_tiny_clip(folder, *, seed: int = CLIP_SEED) -> Path:
-    """A seeded tiny `CLIPVisionModelWithProjection` saved as config.json + model.safetensors."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+def _write_svd_configs_only(folder: Path, golden: Path) -> None:
+    """What a single-file zoo keeps of the SVD folder: the configs no tensor shape can give."""
+    unet_config = json.loads((golden / "unet_forward" / "config.json").read_text())["unet_config"]
+    _write_json(folder / "unet" / "config.json", {"_class_name": "UNetSpatioTemporalConditionModel", **unet_config})
+    config, _ = _tiny_clip()
+    (folder / "image_encoder").mkdir(parents=True, exist_ok=True)
+    config.to_json_file(str(folder / "image_encoder" / "config.json"))
 
+
+def write_tiny_svd_single_file(path, *, fixtures_dir=None, seed: int = CLIP_SEED) -> Path:
+    """The tiny zoo's VAE (golden) and CLIP (seeded) as one original-layout `svd_xt.safetensors`.
+
+    The keys follow Stability's single file (`first_stage_model.*`,
+    `conditioner.embedders.3.encoder.*`, `conditioner.embedders.0.open_clip.model.visual.*`);
+    loading it gives bit-exactly the weights of the diffusers-folder zoo.
+    """
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    from .svd_single_file import to_single_file_layout
+    from .weights.reading import read_state_dict
+
+    golden = Path(fixtures_dir).expanduser() if fixtures_dir is not None else default_fixtures_dir()
+    vae = read_state_dict(golden / "vae" / "weights.safetensors", what="golden VAE")
+    _, clip = _tiny_clip(seed)
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(_owned(to_single_file_layout(vae, clip.state_dict())), str(path), metadata={"format": "pt"})
+    return path
+
+
+def _tiny_clip(seed: int = CLIP_SEED):
+    """(config, model) of the seeded tiny `CLIPVisionModelWithProjection`."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
     config = CLIPVisionConfig(**TINY_CLIP)
     config.architectures = ["CLIPVisionModelWithProjection"]
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
         torch.manual_seed(seed)
         model = CLIPVisionModelWithProjection(config).eval()
+    return config, model
+
+
+def write_tiny_clip(folder, *, seed: int = CLIP_SEED) -> Path:
+    """A seeded tiny `CLIPVisionModelWithProjection` saved as config.json + model.safetensors."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config, model = _tiny_clip(seed)
     # Written directly (not save_pretrained) to keep progress bars out of test logs.
     config.to_json_file(str(folder / "config.json"))
     save_file(_owned(model.state_dict()), str(folder / "model.safetensors"), metadata={"format": "pt"})

@@ -46,7 +46,8 @@ def test_generate_writes_a_checked_mp4(tiny_zoo, media, tmp_path, seconds):
     from sonic.video import sha256_file
 
     out = tmp_path / "talk.mp4"
-    result = generate(tiny_zoo, media, out, seconds)
+    sync = ("--sync", "auto") if seconds == 2.4 else ()  # long enough to measure; the others stream
+    result = generate(tiny_zoo, media, out, seconds, *sync)
     assert result.returncode == 0, result.stderr
     info = probe(out)
     assert info["video_codec"] == "h264" and info["audio_codec"] == "aac"
@@ -61,6 +62,16 @@ def test_generate_writes_a_checked_mp4(tiny_zoo, media, tmp_path, seconds):
     assert tags["audio_sha256"] == sha256_file(media / f"speech_{seconds}.wav")
     assert tags["parameters"]["inference_steps"] == 2
     assert "wrote" in result.stdout and "frames" in result.stdout
+    if sync:  # the summary says what calibration did, as the MP4's tag records it
+        entry = tags["postprocess"]["sync"]
+        line = next(line for line in result.stdout.splitlines() if line.startswith("sync: "))
+        assert f"confidence {entry['confidence']:g}" in line
+        if entry["applied_shift_ms"] == 0.0 and "note" in entry:
+            assert line.startswith("sync: not applied: confidence ")
+        else:
+            assert line.startswith(f"sync: soundtrack shifted by {entry['applied_shift_ms']:+.0f} ms")
+    else:
+        assert "sync:" not in result.stdout
 
 
 def test_existing_output_is_not_overwritten(tiny_zoo, media, tmp_path):
@@ -134,16 +145,52 @@ def test_sigterm_leaves_no_partial_output(tiny_zoo, media, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2")
     process = subprocess.Popen([sys.executable, "-m", "sonic", "generate", "--models", str(tiny_zoo), "--image",
                                 str(media / "portrait.png"), "--audio", str(media / "speech_31.0.wav"), "--out", str(out),
-                                "--face-box", box, "--min-resolution", "64", "--steps", "6", "--quiet"],
+                                "--face-box", box, "--min-resolution", "64", "--steps", "1", "--quiet"],
                                env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Signal once the half-written video exists (the encoder is running): that is what must be cleaned up.
-    deadline = time.monotonic() + 300
-    while not any(tmp_path.iterdir()) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert process.poll() is None, "the run ended before it wrote a temporary file"
-    assert [p.name.startswith(".long.") for p in tmp_path.iterdir()] == [True], list(tmp_path.iterdir())
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
+    try:
+        # Signal once the half-written video exists (the encoder is running): that is what must be cleaned up.
+        deadline = time.monotonic() + 300
+        while not any(tmp_path.iterdir()) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before it wrote a temporary file"
+        assert [p.name.startswith(".long.") for p in tmp_path.iterdir()] == [True], \
+            f"no temporary video after {time.monotonic() - deadline + 300:.0f} s: {list(tmp_path.iterdir())}"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:  # never leave a generation running into later tests
+            process.kill()
+            process.wait()
     assert process.returncode == 130, stderr
     assert "no output was written" in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sync_summary_lines():
+    from sonic.cli import postprocess_summary
+
+    assert postprocess_summary({}) == []
+    assert postprocess_summary({"sync": {"mode": "manual", "applied_shift_ms": 40.0}}) == [
+        "sync: soundtrack shifted by +40 ms (given with --sync)"]
+    assert postprocess_summary({"sync": {"mode": "auto", "measured_offset_ms": -120.0, "confidence": 7.5,
+                                         "applied_shift_ms": -120.0}}) == [
+        "sync: soundtrack shifted by -120 ms (measured mouth offset -120 ms, confidence 7.5)"]
+    [line] = postprocess_summary({"sync": {"mode": "auto", "measured_offset_ms": 40.0, "confidence": 1.1,
+                                           "applied_shift_ms": 0.0, "note": "not applied: confidence 1.1 < 3"}})
+    assert line == "sync: not applied: confidence 1.1 < 3; measured mouth offset +40 ms, confidence 1.1"
+
+
+def test_input_checks_that_need_the_inputs_name_the_cli_flags(tiny_zoo, media, tmp_path, capsys):
+    """In-process (no model loads before these checks): the picture-size cap and a too-short clip for --sync auto."""
+    from sonic.cli import main
+
+    base = ["generate", "--models", str(tiny_zoo), "--image", str(media / "portrait.png"),
+            "--audio", str(media / "speech_0.3.wav"), "--out", str(tmp_path / "x.mp4")]
+    assert main([*base, "--max-image-pixels", "5000"]) == 2
+    error = capsys.readouterr().err
+    assert "72x80 = 5,760 pixels, above the picture-size limit of 5,000 pixels (--max-image-pixels)" in error
+    assert "raise --max-image-pixels" in error
+    assert main([*base, "--sync", "auto"]) == 2
+    error = capsys.readouterr().err
+    assert "--sync auto needs at least 2 s of audio" in error and "lasts 0.30 s" in error
+    assert not (tmp_path / "x.mp4").exists()

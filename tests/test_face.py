@@ -309,8 +309,8 @@ def test_bad_files_are_image_errors_naming_the_file(tmp_path):
         load_image(junk)
     with pytest.raises(ImageError, match="folder"):
         load_image(tmp_path)
-    with pytest.raises(ImageError, match=r"512x512 = 0\.3 megapixels.*max_pixels"):
-        load_image(ASTRONAUT, max_pixels=100_000)
+    with pytest.raises(ImageError, match=r"512x512 = 0\.3 megapixels.*raise max_image_pixels"):
+        load_image(ASTRONAUT, max_image_pixels=100_000)
     Image.fromarray(np.zeros((20, 200, 3), np.uint8)).save(tmp_path / "strip.png")
     with pytest.raises(ImageError, match="200x20 px"):
         load_image(tmp_path / "strip.png")
@@ -336,5 +336,26 @@ def test_decompression_bombs_get_the_size_message(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # Pillow now calls 512x512 a bomb (over 200_000)
     with pytest.raises(ImageError, match=r"is 0\.3 megapixels, above Pillow's limit of 0\.2 megapixels\. Downscale"):
         load_image(jpeg)
-    with pytest.raises(ImageError, match=r"is 0\.3 megapixels, above the limit of 0\.1 megapixels.*max_pixels"):
-        load_image(jpeg, max_pixels=120_000)
+    with pytest.raises(ImageError, match=r"is 0\.3 megapixels, above the picture-size limit of 0\.1 megapixels "
+                                         r"\(max_image_pixels\).*raise max_image_pixels"):
+        load_image(jpeg, max_image_pixels=120_000)
+
+
+def test_picture_size_limit_is_its_own_setting(tmp_path):
+    """49 MP is over the 40 MP default of max_image_pixels (not max_pixels, the model-input cap); raising it works."""
+    from sonic.config import SonicConfig
+
+    huge = tmp_path / "huge.png"
+    Image.new("L", (7000, 7000), 128).save(huge, compress_level=1)  # a flat grey picture compresses to ~50 kB
+    with pytest.raises(ImageError) as info:
+        prepare_portrait(huge, face_box="full", min_resolution=64)
+    message = str(info.value)
+    assert "7000x7000 = 49.0 megapixels, above the picture-size limit of 40.0 megapixels (max_image_pixels)" in message
+    assert "raise max_image_pixels" in message and "raise max_pixels" not in message
+    prepared = prepare_portrait(huge, face_box="full", min_resolution=64, max_image_pixels=50_000_000)
+    assert (prepared.width, prepared.height) == (64, 64) and prepared.original.shape == (7000, 7000, 3)
+    assert SonicConfig().max_image_pixels == 40_000_000
+    with pytest.raises(ParameterError, match="max_image_pixels must be at least 4096"):
+        SonicConfig().replace(max_image_pixels=100)
+    with pytest.raises(ParameterError, match="max_image_pixels must be a whole number"):
+        load_image(huge, max_image_pixels=1.5e7)

@@ -1,22 +1,23 @@
 """Original-layout SVD checkpoint -> diffusers VAE + transformers CLIP (sonic.svd_single_file).
 
-The test writes the INVERSE mapping itself (diffusers/transformers names -> Stability's SGM names,
-with OpenCLIP's fused q/k/v and transposed projection), builds a tiny original-layout checkpoint
-from random tiny models, and checks that `split_svd_single_file` gives the models back bit-exactly.
+The inverse mapping (`to_single_file_layout`: diffusers/transformers names -> Stability's SGM names,
+with OpenCLIP's fused q/k/v and transposed projection) builds a tiny original-layout checkpoint from
+random tiny models; `split_svd_single_file` must give the models back bit-exactly, and the spot
+checks below pin real svd_xt.safetensors key names so the two directions cannot drift together.
 """
 
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
 
 from conftest import SVD_CONFIGS
 from sonic.errors import WeightsError
+from sonic.weights import BUILTIN_SVD_CONFIGS
 from sonic.models.image_models import build_clip_image_encoder, build_vae, clip_image_embeds, encode_reference
-from sonic.svd_single_file import is_needed_key, split_svd_single_file
+from sonic.svd_single_file import is_needed_key, single_file_configs, split_svd_single_file, to_single_file_layout
 
 TINY_VAE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 2,
             "block_out_channels": [32, 64], "layers_per_block": 1, "latent_channels": 4}
@@ -29,84 +30,6 @@ VIT_H = {"model_type": "clip_vision_model", "hidden_size": 1280, "intermediate_s
 FIRST_STAGE = "first_stage_model."
 COND_ENCODER = "conditioner.embedders.3.encoder."
 VISUAL = "conditioner.embedders.0.open_clip.model.visual."
-
-
-# --- the inverse mapping (diffusers / transformers -> SGM / OpenCLIP) ------------------------
-
-def _sgm_resnet_layer(name: str) -> str:
-    return {"conv_shortcut": "nin_shortcut"}.get(name, name)
-
-
-def _sgm_vae_name(key: str, levels: int) -> str:
-    """diffusers AutoencoderKLTemporalDecoder key -> SGM key (without the model prefix)."""
-    parts = key.split(".")
-    if key.startswith("encoder.down_blocks."):
-        i, kind, j = parts[2], parts[3], parts[4]
-        if kind == "downsamplers":
-            return f"encoder.down.{i}.downsample.conv.{parts[-1]}"
-        return f"encoder.down.{i}.block.{j}.{_sgm_resnet_layer(parts[5])}.{parts[6]}"
-    if ".mid_block.attentions.0." in key:
-        side = parts[0]
-        name = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out": "proj_out"}[parts[4]]
-        return f"{side}.mid.attn_1.{name}.{parts[-1]}"
-    if key.startswith("encoder.mid_block.resnets."):
-        return f"encoder.mid.block_{int(parts[3]) + 1}.{_sgm_resnet_layer(parts[4])}.{parts[5]}"
-    if key.startswith(("decoder.mid_block.resnets.", "decoder.up_blocks.")) and ".upsamplers." not in key:
-        if key.startswith("decoder.mid_block."):
-            head, rest = f"decoder.mid.block_{int(parts[3]) + 1}", parts[4:]
-        else:
-            head, rest = f"decoder.up.{levels - 1 - int(parts[2])}.block.{parts[4]}", parts[5:]
-        if rest[0] == "time_mixer":
-            return f"{head}.mix_factor"
-        if rest[0] == "spatial_res_block":
-            return f"{head}.{_sgm_resnet_layer(rest[1])}.{rest[2]}"
-        temporal = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3"}
-        return f"{head}.time_stack.{temporal[rest[1]]}.{rest[2]}"
-    if ".upsamplers." in key:
-        return f"decoder.up.{levels - 1 - int(parts[2])}.upsample.conv.{parts[-1]}"
-    renames = {"conv_norm_out": "norm_out", "time_conv_out": "conv_out.time_mix_conv"}
-    return ".".join([parts[0], renames.get(parts[1], parts[1])] + parts[2:]) if parts[0] in ("encoder", "decoder") \
-        else key
-
-
-def to_sgm_checkpoint(vae_sd: dict, clip_sd: dict, levels: int, *, encoder_place: str = "conditioner") -> dict:
-    """A checkpoint in Stability's single-file layout, from diffusers/transformers state dicts."""
-    out = {}
-    for key, value in vae_sd.items():
-        name = _sgm_vae_name(key, levels)
-        if re.search(r"attn_1\.(q|k|v|proj_out)\.weight$", name):
-            value = value.reshape(*value.shape, 1, 1)  # LDM attention: 1x1 convolutions
-        if key.startswith("decoder."):
-            out[FIRST_STAGE + name] = value
-        elif encoder_place == "conditioner":
-            out[COND_ENCODER + name] = value
-        elif not key.startswith("quant_conv."):  # SGM's video autoencoder has no quant_conv
-            out[FIRST_STAGE + name] = value
-    per_layer = {}
-    for key, value in clip_sd.items():
-        if key == "visual_projection.weight":
-            out[VISUAL + "proj"] = value.t().contiguous()
-            continue
-        if m := re.fullmatch(r"vision_model\.encoder\.layers\.(\d+)\.(.+)", key):
-            i, tail = m.groups()
-            if qkv := re.fullmatch(r"self_attn\.([qkv])_proj\.(weight|bias)", tail):
-                per_layer.setdefault((i, qkv[2]), {})[qkv[1]] = value
-                continue
-            tail = (tail.replace("layer_norm1", "ln_1").replace("layer_norm2", "ln_2")
-                    .replace("self_attn.out_proj", "attn.out_proj").replace("mlp.fc1", "mlp.c_fc")
-                    .replace("mlp.fc2", "mlp.c_proj"))
-            out[f"{VISUAL}transformer.resblocks.{i}.{tail}"] = value
-            continue
-        name = {"vision_model.embeddings.class_embedding": "class_embedding",
-                "vision_model.embeddings.position_embedding.weight": "positional_embedding",
-                "vision_model.embeddings.patch_embedding.weight": "conv1.weight",
-                "vision_model.pre_layrnorm.weight": "ln_pre.weight", "vision_model.pre_layrnorm.bias": "ln_pre.bias",
-                "vision_model.post_layernorm.weight": "ln_post.weight",
-                "vision_model.post_layernorm.bias": "ln_post.bias"}[key]
-        out[VISUAL + name] = value
-    for (i, param), parts in per_layer.items():
-        out[f"{VISUAL}transformer.resblocks.{i}.attn.in_proj_{param}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    return out
 
 
 # --- fixtures ------------------------------------------------------------------------------
@@ -130,8 +53,7 @@ def tiny():
 
 
 def _checkpoint(tiny, **kwargs) -> dict:
-    return {**to_sgm_checkpoint(tiny["vae"], tiny["clip"], len(TINY_VAE["block_out_channels"]), **kwargs),
-            **tiny["extras"]}
+    return {**to_single_file_layout(tiny["vae"], tiny["clip"], **kwargs), **tiny["extras"]}
 
 
 def _assert_same(actual: dict, expected: dict) -> None:
@@ -230,7 +152,7 @@ def test_full_size_key_names_map_one_to_one():
     with torch.device("meta"):
         vae = build_vae(vae_config).state_dict()
         clip = build_clip_image_encoder(VIT_H).state_dict()
-    checkpoint = to_sgm_checkpoint(vae, clip, len(vae_config["block_out_channels"]))
+    checkpoint = to_single_file_layout(vae, clip)
     # Spot checks of real single-file names (Stability's generative-models / svd_xt.safetensors).
     for name in ("first_stage_model.decoder.up.3.block.2.time_stack.in_layers.2.weight",
                  "first_stage_model.decoder.mid.block_2.mix_factor",
@@ -246,3 +168,35 @@ def test_full_size_key_names_map_one_to_one():
         got_vae, got_clip = split_svd_single_file(checkpoint, vae_config=config[0], clip_config=config[1])
         assert {k: tuple(v.shape) for k, v in got_vae.items()} == {k: tuple(v.shape) for k, v in vae.items()}
         assert {k: tuple(v.shape) for k, v in got_clip.items()} == {k: tuple(v.shape) for k, v in clip.items()}
+
+
+def _meta_states(vae_config: dict, clip_config: dict) -> tuple[dict, dict]:
+    with torch.device("meta"):
+        return build_vae(vae_config).state_dict(), build_clip_image_encoder(clip_config).state_dict()
+
+
+def test_configs_follow_the_file_shapes_and_agree_with_svd_xt():
+    builtin_vae = json.loads((SVD_CONFIGS / "vae" / "config.json").read_text())
+    builtin_clip = json.loads((BUILTIN_SVD_CONFIGS / "image_encoder" / "config.json").read_text())
+    refs = dict(vae_reference=builtin_vae, clip_reference=builtin_clip)
+    # Full size: the built-in configs come back unchanged (16 heads, which no shape records).
+    vae_config, clip_config = single_file_configs(*_meta_states(builtin_vae, VIT_H), **refs)
+    assert vae_config == builtin_vae
+    assert clip_config["num_attention_heads"] == 16 and clip_config["hidden_size"] == 1280
+    # Full width but one layer short: a damaged or different file, named field by field.
+    with pytest.raises(WeightsError, match=r"CLIP image encoder .* shapes of SVD-xt's configuration: "
+                                           r"num_hidden_layers 31 \(config: 32\)"):
+        single_file_configs(*_meta_states(builtin_vae, {**VIT_H, "num_hidden_layers": 31}), **refs)
+    # A reduced (test-size) file: shapes from the tensors, the rest from SVD-xt's configs.
+    vae_config, clip_config = single_file_configs(*_meta_states(TINY_VAE, {**TINY_CLIP, "hidden_size": 160}), **refs)
+    assert vae_config["block_out_channels"] == [32, 64] and vae_config["scaling_factor"] == 0.18215
+    assert clip_config["num_attention_heads"] == 2 and clip_config["hidden_act"] == "gelu"  # ViT-H's 80-wide heads
+    with pytest.raises(WeightsError, match="attention-head count cannot be read"):
+        single_file_configs(*_meta_states(TINY_VAE, TINY_CLIP), **refs)
+    # A config of the user's own (an SVD folder) gives the heads, and must match the shapes.
+    _, clip_config = single_file_configs(*_meta_states(TINY_VAE, TINY_CLIP), vae_reference=builtin_vae,
+                                         clip_reference=TINY_CLIP, clip_reference_is_builtin=False)
+    assert clip_config["num_attention_heads"] == 2 and clip_config["hidden_size"] == 16
+    with pytest.raises(WeightsError, match=r"SVD folder's config.json: hidden_size 16 \(config: 32\)"):
+        single_file_configs(*_meta_states(TINY_VAE, TINY_CLIP), vae_reference=builtin_vae,
+                            clip_reference={**TINY_CLIP, "hidden_size": 32}, clip_reference_is_builtin=False)

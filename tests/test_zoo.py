@@ -216,3 +216,17 @@ def test_bad_arguments_and_missing_fixtures(tmp_path):
     with pytest.raises(WeightsError, match="golden fixtures not found"):
         write_tiny_zoo(tmp_path, fixtures_dir=tmp_path / "no-fixtures")
     assert not any(tmp_path.iterdir())  # nothing written before the checks
+
+
+def test_single_file_zoo_keeps_only_the_configs_shapes_cannot_give(tmp_path):
+    models = write_tiny_zoo(tmp_path / "comfy", layout="comfyui", svd_single_file=True)
+    svd = models / "sonic" / "stable-video-diffusion-img2vid-xt"
+    files = find_model_files(models, need_face_detector=False)
+    assert files.svd_checkpoint == models / "checkpoints" / "svd_xt.safetensors" and files.vae_weights is None
+    assert files.unet_config == svd / "unet" / "config.json"
+    assert files.image_encoder_config == svd / "image_encoder" / "config.json"
+    assert files.vae_config == BUILTIN_SVD_CONFIGS / "vae" / "config.json"  # the VAE config comes from the shapes
+    keys = read_state_dict(files.svd_checkpoint, what="SVD single file")
+    assert "first_stage_model.decoder.conv_out.time_mix_conv.weight" in keys
+    assert "conditioner.embedders.0.open_clip.model.visual.transformer.resblocks.0.attn.in_proj_weight" in keys
+    assert not any(k.startswith(("vae.", "encoder.", "decoder.", "vision_model.")) for k in keys)

@@ -12,7 +12,8 @@ Layouts understood (`models_dir` may be any of the starting folders):
 * ComfyUI `models/` (or `models/sonic/` itself): `models/sonic/` holds the same files flat
   (`unet.pth`, ..., `flownet.pkl` or `RIFE/flownet.pkl`, `whisper-tiny/`) and either a
   diffusers SVD folder inside `models/sonic/` or the single file `svd_xt.safetensors` /
-  `svd_xt_1_1.safetensors` in `models/checkpoints/`.
+  `svd_xt_1_1.safetensors` in `models/checkpoints/`. Configs found in an SVD folder apply even
+  when the single file supplies the weights (the built-in SVD-xt configs fill the gaps).
 
 A `.safetensors` twin written by `convert_checkpoints` is preferred over its `.pth`/`.pkl`.
 """
@@ -210,7 +211,7 @@ def _find_svd(roots, target, checkpoints_dir, svd_checkpoint, need) -> dict:
             need(None, "SVD-xt single-file checkpoint (svd_checkpoint=)", single,
                  f"{SVD_REPO} (svd_xt.safetensors), or drop svd_checkpoint= to use the diffusers folder")
             single = None
-        return _svd_fields(None, None, None, single, builtin, config)
+        return _svd_fields(None, None, None, single, builtin, config, config_dir=svd_dir)
 
     vae_w = image_w = None
     if svd_dir is not None:
@@ -222,7 +223,7 @@ def _find_svd(roots, target, checkpoints_dir, svd_checkpoint, need) -> dict:
             return _svd_fields(svd_dir, vae_w, image_w, None, builtin, config)
     single = _first_file(folder / name for folder in (checkpoints_dir, *roots) for name in SVD_SINGLE_FILES)
     if single is not None:
-        return _svd_fields(None, None, None, single, builtin, config)
+        return _svd_fields(None, None, None, single, builtin, config, config_dir=svd_dir)
 
     # Neither: report the diffusers-folder files (the single file is the alternative).
     folder = svd_dir or target / SVD_FOLDER
@@ -237,12 +238,15 @@ def _find_svd(roots, target, checkpoints_dir, svd_checkpoint, need) -> dict:
     return _svd_fields(None, None, None, None, builtin, config)
 
 
-def _svd_fields(svd_dir, vae_w, image_w, single, builtin, config) -> dict:
+def _svd_fields(svd_dir, vae_w, image_w, single, builtin, config, config_dir=None) -> dict:
+    """`config_dir`: an SVD folder whose configs apply although its weights are not used (a
+    single file supplies them); each config it lacks is the built-in SVD-xt one."""
+    config_dir = config_dir or svd_dir
     return dict(svd_dir=svd_dir, vae_weights=vae_w, image_encoder_weights=image_w, svd_checkpoint=single,
-                unet_config=config(svd_dir, "unet", "config.json"),
-                scheduler_config=config(svd_dir, "scheduler", "scheduler_config.json"),
-                vae_config=config(svd_dir, "vae", "config.json"),
-                image_encoder_config=config(svd_dir, "image_encoder", "config.json"))
+                unet_config=config(config_dir, "unet", "config.json"),
+                scheduler_config=config(config_dir, "scheduler", "scheduler_config.json"),
+                vae_config=config(config_dir, "vae", "config.json"),
+                image_encoder_config=config(config_dir, "image_encoder", "config.json"))
 
 
 def _missing_message(missing: list[_Missing], roots: list[Path], checkpoints_dir: Path, layout: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -51,7 +52,8 @@ def file_size_text(path: Path) -> str:
 def _damaged(path: Path, what: str, detail: str) -> WeightsError:
     return WeightsError(
         f"{what} file {path} is damaged or incomplete ({file_size_text(path)}): {detail}. "
-        f"Delete it and download it again (an interrupted or mirrored download is the usual cause).")
+        f"Delete it and download it again (an interrupted or mirrored download is the usual cause); then "
+        f"`python -m sonic doctor --models DIR` checks every weights file.")
 
 
 def check_is_file(path, what: str) -> Path:
@@ -121,12 +123,26 @@ def _read_pickle(path: Path, what: str, *, trust_pickle: bool) -> dict[str, torc
     return _as_state_dict(obj, path, what)
 
 
+_DETAIL_CHARS = 200  # longest library text quoted in a message
+
+
 def _first_line(exc: BaseException) -> str:
-    """The first line of an error's text, leaving out torch's unsafe weights_only=False advice."""
+    """The first sentence of an error's text, leaving out torch's unsafe weights_only=False advice.
+
+    Whole sentences only: torch follows its one useful sentence with boilerplate ("This is an
+    internal miniz error. If you are seeing this error, ..."), and a cut mid-sentence reads as nonsense.
+    """
     text = str(exc).strip().splitlines()
-    if text and "weights_only" in text[0].lower().replace(" ", "_"):
+    if not text or "weights_only" in text[0].lower().replace(" ", "_"):
         return type(exc).__name__
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {_first_sentence(text[0])}"
+
+
+def _first_sentence(line: str) -> str:
+    sentence = re.split(r"(?<=[.!?])\s+(?=[A-Z])", line.strip(), maxsplit=1)[0].rstrip(".")
+    if len(sentence) <= _DETAIL_CHARS:
+        return sentence
+    return sentence[:_DETAIL_CHARS].rsplit(" ", 1)[0] + " ..."  # a word boundary, marked as cut
 
 
 def _refused(path: Path, what: str, unsafe: list[str]) -> WeightsError:

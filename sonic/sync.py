@@ -44,6 +44,10 @@ IN_SYNC_MIN_CONFIDENCE = 3.0  # ... and z >= 3
 WINDOW_LAG_SECONDS = 0.16  # per-window search around the whole-clip lag (drift, not jumps)
 DRIFT_MIN_SPAN_SECONDS = 8.0  # drift needs windows this far apart (clips of about 16 s or more)
 ANALYSIS_HEIGHT = 360  # px: frames are analysed at most this tall (speed; a mouth stays > 20 px)
+FACE_MIN_PIXELS = 24  # px (analysed frame, before upscaling): a smaller face has no measurable mouth
+FACE_SAMPLES = 12  # frames sampled evenly for face detection
+FACE_MIN_FRAME_SHARE = 0.4  # a face must be found in this share of them: a stray box is not; a face that
+#                             Haar misses while the mouth is wide open still is
 EXIT_USER_ERROR = 2  # as in sonic.cli (and argparse)
 EXIT_NOT_IN_SYNC = 3
 
@@ -85,8 +89,9 @@ def measure_sync(frames, fps: float, audio, sample_rate: int, *, mouth_box=None,
     frames: float `[T, H, W, 3]` in [0, 1] (torch or numpy) or uint8 `[T, H, W, 3]`.
     fps: frames per second. audio: `[C, S]` or `[S]` float waveform at `sample_rate` Hz; it
         starts at the first frame.
-    mouth_box: `(x1, y1, x2, y2)` in frame pixels; by default the lower middle of the face that
-        OpenCV's Haar detector finds on a few frames (FaceNotFoundError if none).
+    mouth_box: `(x1, y1, x2, y2)` in frame pixels; by default the lower middle of a face that
+        OpenCV's Haar detector finds on a few frames (FaceNotFoundError if none); of several
+        faces, the one whose mouth motion follows the audio best (the speaker).
     """
     try:
         fps = float(fps)
@@ -102,18 +107,23 @@ def measure_sync(frames, fps: float, audio, sample_rate: int, *, mouth_box=None,
     loudness = audio_loudness(audio, sample_rate, fps, count)  # smoothed: for the silence test
     raw_loudness = audio_loudness(audio, sample_rate, fps, count, smooth=False)  # its change is sharper
 
-    if mouth_box is None:
-        face = detect_face_box(grey)
-        mouth = mouth_box_from_face(face, grey.shape[2], grey.shape[1])
-    else:
-        mouth = _scaled_box(mouth_box, scale, grey.shape[2], grey.shape[1])
-        face = _face_box_around_mouth(mouth, grey.shape[2], grey.shape[1])
-    motion = mouth_motion(grey, mouth, face if compensate_head_motion else None)
-
     audio_change = np.abs(np.diff(raw_loudness, prepend=raw_loudness[0]))
     audio_change[0] = 0.0
     max_lag = max(1, int(round(MAX_LAG_SECONDS * fps)))
-    lags, curve = lag_correlation(audio_change, motion, max_lag)
+    height, width = grey.shape[1:3]
+    if mouth_box is None:
+        # Haar may also fire steadily on something that is not the speaker's face (a badge, a
+        # pattern, a second person): the face whose mouth follows the audio best is the speaker.
+        places = [(mouth_box_from_face(face, width, height), face) for face in detect_face_boxes(grey)]
+    else:
+        mouth = _scaled_box(mouth_box, scale, width, height)
+        places = [(mouth, _face_box_around_mouth(mouth, width, height))]
+    candidates = []
+    for mouth, face in places:
+        motion = mouth_motion(grey, mouth, face if compensate_head_motion else None)
+        lags, curve = lag_correlation(audio_change, motion, max_lag)
+        candidates.append((float(curve.max()), mouth, motion, lags, curve))
+    _, mouth, motion, lags, curve = max(candidates, key=lambda c: c[0])
     best = int(np.argmax(curve))
     if motion.std() < 1e-6:  # the mouth never moves: no offset to speak of
         best = int(np.flatnonzero(lags == 0)[0])
@@ -182,12 +192,22 @@ def audio_loudness(audio, sample_rate: int, fps: float, frame_count: int, *, smo
     return np.convolve(np.pad(rms, 1, mode="edge"), np.ones(3) / 3, mode="valid")
 
 
-def detect_face_box(grey: np.ndarray, *, samples: int = 8) -> tuple[int, int, int, int]:
-    """Median box `(x1, y1, x2, y2)` of the face Haar finds most consistently on a few frames.
+def detect_face_box(grey: np.ndarray, *, samples: int = FACE_SAMPLES) -> tuple[int, int, int, int]:
+    """The face box `(x1, y1, x2, y2)` Haar finds most consistently (see `detect_face_boxes`)."""
+    return detect_face_boxes(grey, samples=samples)[0]
 
-    Haar misses faces on some frames and fires on stray patterns on others, so boxes from
-    evenly spaced frames are grouped by overlap and the largest group wins; small frames are
-    upscaled to 360 px and contrast-equalised first (both help Haar a lot).
+
+def detect_face_boxes(grey: np.ndarray, *, samples: int = FACE_SAMPLES,
+                      limit: int = 3) -> list[tuple[int, int, int, int]]:
+    """Median boxes `(x1, y1, x2, y2)` of the faces Haar finds consistently on a few frames,
+    best first (at most `limit`; FaceNotFoundError when there is none).
+
+    Haar misses faces on some frames and fires on stray patterns on others (noise, textures),
+    so boxes from evenly spaced frames are grouped by overlap, and a group counts as the face
+    only when it is found in enough of the sampled frames (FACE_MIN_FRAME_SHARE) and is at least
+    FACE_MIN_PIXELS tall in real pixels (a smaller "face" has no measurable mouth). Small
+    frames are upscaled to 360 px and contrast-equalised first (both help Haar a lot). Haar runs
+    strict and loose; the consistent places are ranked by how often strict boxes confirm them.
     """
     import cv2
 
@@ -205,25 +225,51 @@ def detect_face_box(grey: np.ndarray, *, samples: int = 8) -> tuple[int, int, in
         if upscale > 1:
             frame = cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
         images.append(cv2.equalizeHist(frame))
-    min_side = max(24, size[1] // 12)
-    for neighbours in (5, 3):
-        boxes = [(x, y, x + w, y + h) for image in images
-                 for x, y, w, h in detector.detectMultiScale(image, scaleFactor=1.1, minNeighbors=neighbours,
-                                                             minSize=(min_side, min_side))]
-        if boxes:
-            break
-    else:
-        raise FaceNotFoundError("no face found in the video (OpenCV Haar detector, frontal faces); "
-                                "pass the mouth region with --mouth-box x1,y1,x2,y2")
+    min_side = int(math.ceil(max(FACE_MIN_PIXELS * upscale, size[1] / 12)))
+    needed = max(1, math.ceil(FACE_MIN_FRAME_SHARE * len(images)))
+
+    def detect(neighbours: int) -> list[list[tuple]]:
+        return [[(x, y, x + w, y + h, neighbours) for x, y, w, h in
+                 detector.detectMultiScale(image, scaleFactor=1.1, minNeighbors=neighbours,
+                                           minSize=(min_side, min_side))] for image in images]
+
+    # Strict (5 neighbours) boxes are rarely false but miss the face on some frames; loose (3)
+    # ones find it more often but also fire on textures. A place counts when it is seen (either
+    # way) in enough frames; they are ranked by how often the strict pass confirms them.
+    per_frame = [strict + loose for strict, loose in zip(detect(5), detect(3))]
+    groups = _groups_across_frames(per_frame)
+    consistent = [g for g in groups if len(g) >= needed]
+    if consistent:
+        consistent.sort(key=lambda g: (sum(box[4] == 5 for box in g), len(g), _area(g[0])), reverse=True)
+        return [tuple(int(round(v / upscale)) for v in np.median(np.array(g)[:, :4], axis=0))
+                for g in consistent[:limit]]
+    best_count = max((len(g) for g in groups), default=0)
+    found = f"a face-like pattern in only {best_count} of {len(images)} sampled frames" if best_count \
+        else f"nothing in {len(images)} sampled frames"
+    raise FaceNotFoundError(f"no face found in the video (OpenCV Haar detector, frontal faces at least "
+                            f"{FACE_MIN_PIXELS} px tall in {needed} or more of {len(images)} sampled frames; "
+                            f"{found}); pass the mouth region with --mouth-box x1,y1,x2,y2")
+
+
+def _groups_across_frames(per_frame: list[list[tuple]]) -> list[list[tuple]]:
+    """Boxes `(x1, y1, x2, y2, ...)` grouped by place and size across frames, at most one box per
+    frame in a group (a frame's strict box preferred, then its larger ones)."""
     groups: list[list] = []
-    for box in boxes:
-        group = next((g for g in groups if _iou(g[0], box) > 0.4), None)
-        if group is None:
-            groups.append([box])
-        else:
-            group.append(box)
-    best = max(groups, key=lambda g: (len(g), (g[0][2] - g[0][0]) * (g[0][3] - g[0][1])))
-    return tuple(int(round(v / upscale)) for v in np.median(np.array(best), axis=0))
+    for boxes in per_frame:
+        claimed: set[int] = set()
+        for box in sorted(boxes, key=lambda b: (-b[4], -_area(b))):
+            index = next((i for i, g in enumerate(groups) if _iou(g[0], box) > 0.4), None)
+            if index is None:
+                groups.append([box])
+                claimed.add(len(groups) - 1)
+            elif index not in claimed:  # else: this frame's second box of the same place (strict + loose)
+                groups[index].append(box)
+                claimed.add(index)
+    return groups
+
+
+def _area(box) -> int:
+    return (box[2] - box[0]) * (box[3] - box[1])
 
 
 def _iou(a, b) -> float:

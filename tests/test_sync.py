@@ -258,3 +258,34 @@ def test_command_line_entry_point_runs_as_a_process(tmp_path, clip):
     assert done.returncode == 3, done.stderr  # 240 ms late: not in sync
     report = json.loads(done.stdout)
     assert abs(report["offset_ms"] - 240) <= 40
+
+
+@pytest.mark.parametrize("kind", ["noise", "still noise", "flat colour"])
+def test_video_without_a_face_is_the_no_face_error(tmp_path, clip, kind):
+    """Haar fires on stray patterns (noise, upscaled 64 px frames): a stray box is not a face."""
+    audio = clip[1][: int(2.4 * SAMPLE_RATE)]
+    rng = np.random.default_rng(7)  # the former detector "found" a face on both noise videos of this seed
+    shape = (60, 64, 64, 3)  # 2.4 s
+    frames = {"noise": lambda: rng.integers(0, 256, shape, dtype=np.uint8),
+              "still noise": lambda: np.repeat(rng.integers(0, 256, (1,) + shape[1:], dtype=np.uint8), shape[0], 0),
+              "flat colour": lambda: np.full(shape, (120, 90, 200), np.uint8)}[kind]()
+    path = write_clip(tmp_path / "faceless.mp4", frames, audio)
+    code, report, err = run_check_sync(path)
+    assert code == 2 and report is None, (report, err)
+    assert err.startswith("error: no face found") and "--mouth-box" in err
+
+
+@pytest.mark.parametrize("speaker", ["left", "right"])
+def test_of_two_faces_the_speaker_is_measured(speaker):
+    """Two copies of the portrait side by side, only one of them talking: whichever the detector
+    ranks first, the face whose mouth follows the audio is the one measured."""
+    from sonic.sync import _analysis_frames, detect_face_boxes, measure_sync
+
+    audio, envelope = speech_like_audio(5.0, seed=1)
+    talking, still = talking_frames(envelope), talking_frames(envelope, static=True)
+    frames = np.concatenate([talking, still] if speaker == "left" else [still, talking], axis=2)
+    assert len(detect_face_boxes(_analysis_frames(frames)[0])) >= 2, "the detector should see both faces"
+    report = measure_sync(frames, FPS, offset_audio(audio, 120)[None], SAMPLE_RATE)
+    mouth_x = (report.mouth_box[0] + report.mouth_box[2]) / 2
+    assert (mouth_x < SIZE) == (speaker == "left"), report.mouth_box
+    assert abs(report.offset_ms - 120) <= 40 and report.confidence >= 5, report

@@ -13,6 +13,7 @@ from .paths import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, UnsafePathError, file_fi
                     resolve_media_path)
 
 SVD_FOLDER_NAME = "stable-video-diffusion-img2vid-xt"
+SVD_FOLDER_VAE_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
 UNET_MARKERS = ("unet.pth", "unet.safetensors", "Sonic/unet.pth", "Sonic/unet.safetensors")
 FACE_DETECTOR_FILES = ("yoloface_v5m.pt", "Sonic/yoloface_v5m.pt")
 DTYPES = ["auto", "fp16", "bf16", "fp32"]
@@ -43,8 +44,10 @@ def svd_checkpoint_choices() -> list[str]:
 
 
 def auto_svd_checkpoint(models_dir: Path) -> str | None:
-    """None when a diffusers SVD folder sits in models/sonic; else the best svd_xt file in checkpoints."""
-    if (models_dir / SVD_FOLDER_NAME).is_dir():
+    """None when a diffusers SVD folder with weights sits in models/sonic (a folder of configs only does
+    not count); else the best svd_xt file in checkpoints."""
+    vae = models_dir / SVD_FOLDER_NAME / "vae"
+    if any((vae / name).is_file() for name in SVD_FOLDER_VAE_WEIGHTS):  # a diffusers folder with weights
         return None
     names = svd_checkpoint_choices()
     ranked = sorted((n for n in names if "svd" in os.path.basename(n).lower()),

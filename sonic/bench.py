@@ -496,41 +496,44 @@ def run_benchmark(settings: BenchSettings, *, log=print) -> dict[str, Any]:
         raise ParameterError("--compile needs the UNet to stay on the device: use --memory-policy keep or lowvram")
     peak_tflops, device_name = device_peak_tflops(device, dtype)
     peak_tflops = settings.peak_tflops or peak_tflops
+    previous_threads = torch.get_num_threads()  # a library call must not change the caller's torch
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="sonic-bench-") as tmp:
+            workdir = Path(tmp)
+            t0 = time.perf_counter()
+            pipe = build_pipeline(settings, device, dtype, size, workdir)
+            if settings.compile:
+                pipe.models.unet.compile(mode=settings.compile_mode, dynamic=False)
+            setup_seconds = time.perf_counter() - t0
+            log(f"models ready in {setup_seconds:.1f} s ({size}); counting UNet FLOPs on the meta device")
 
-    with tempfile.TemporaryDirectory(prefix="sonic-bench-") as tmp:
-        workdir = Path(tmp)
-        t0 = time.perf_counter()
-        pipe = build_pipeline(settings, device, dtype, size, workdir)
-        if settings.compile:
-            pipe.models.unet.compile(mode=settings.compile_mode, dynamic=False)
-        setup_seconds = time.perf_counter() - t0
-        log(f"models ready in {setup_seconds:.1f} s ({size}); counting UNet FLOPs on the meta device")
+            image, face_box = synthetic_portrait(settings.resolution)
+            wave = synthetic_speech(settings.audio_seconds, seed=settings.seed)
+            latent = settings.resolution // 8
+            flops = count_unet_flops(pipe.models.unet.config, latent_height=latent, latent_width=latent,
+                                     frames=pipe.config.frames_per_window,
+                                     tokens=pipe.models.audio2token.context_tokens, dtype=dtype)
+            video = workdir / "bench.mp4"
 
-        image, face_box = synthetic_portrait(settings.resolution)
-        wave = synthetic_speech(settings.audio_seconds, seed=settings.seed)
-        latent = settings.resolution // 8
-        flops = count_unet_flops(pipe.models.unet.config, latent_height=latent, latent_width=latent,
-                                 frames=pipe.config.frames_per_window,
-                                 tokens=pipe.models.audio2token.context_tokens, dtype=dtype)
-        video = workdir / "bench.mp4"
+            warmups = []
+            for i in range(settings.warmup):
+                t = time.perf_counter()
+                run_once(pipe, settings, image, face_box, wave, min(WARMUP_STEPS, settings.steps), video, device)
+                warmups.append(time.perf_counter() - t)
+                log(f"warm-up {i + 1}/{settings.warmup}: {warmups[-1]:.2f} s (excluded)")
+            runs = []
+            with HostMemoryMonitor() as host:
+                for i in range(settings.repeats):
+                    runs.append(run_once(pipe, settings, image, face_box, wave, settings.steps, video, device))
+                    log(f"run {i + 1}/{settings.repeats}: {runs[-1]['total_seconds']:.2f} s")
+            if settings.keep_video:
+                import shutil
 
-        warmups = []
-        for i in range(settings.warmup):
-            t = time.perf_counter()
-            run_once(pipe, settings, image, face_box, wave, min(WARMUP_STEPS, settings.steps), video, device)
-            warmups.append(time.perf_counter() - t)
-            log(f"warm-up {i + 1}/{settings.warmup}: {warmups[-1]:.2f} s (excluded)")
-        runs = []
-        with HostMemoryMonitor() as host:
-            for i in range(settings.repeats):
-                runs.append(run_once(pipe, settings, image, face_box, wave, settings.steps, video, device))
-                log(f"run {i + 1}/{settings.repeats}: {runs[-1]['total_seconds']:.2f} s")
-        if settings.keep_video:
-            import shutil
-
-            shutil.copyfile(video, Path(settings.keep_video).expanduser())
+                shutil.copyfile(video, Path(settings.keep_video).expanduser())
+    finally:
+        torch.set_num_threads(previous_threads)
 
     report = summarize(settings, runs, warmups=warmups, flops=flops, peak_tflops=peak_tflops, device=device,
                        device_name=device_name, dtype=dtype, size=size, setup_seconds=setup_seconds,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -57,7 +58,8 @@ def make_base_directory(base: Path, *, with_models: bool = True) -> Path:
     if with_models:
         from sonic.zoo import write_tiny_zoo
 
-        write_tiny_zoo(base, layout="comfyui")
+        # The layout most ComfyUI users have: Sonic's files in models/sonic, SVD-xt as one file in models/checkpoints.
+        write_tiny_zoo(base, layout="comfyui", svd_single_file=True)
     return base
 
 
@@ -135,7 +137,7 @@ def write_test_media(folder: Path) -> dict[str, Path]:
     audio = folder / "speech.wav"
     sf.write(audio, speech, rate)
     broken = folder / "broken.wav"
-    broken.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(300))
+    broken.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + random.Random(0).randbytes(300))
     return {"portrait": portrait, "audio": audio, "broken_audio": broken}
 
 

@@ -19,12 +19,16 @@ FULL_SIZE_FLOPS_512 = 95_336_056_258_560
 
 
 def test_cpu_bench_runs_end_to_end_and_writes_a_valid_report(tmp_path, capsys):
+    import torch
+
     out, video = tmp_path / "report.json", tmp_path / "kept.mp4"
+    threads = torch.get_num_threads()
     rc = bench_command(["--device", "cpu", "--threads", "1", "--audio-seconds", "1", "--steps", "2",
                         "--repeats", "1", "--warmup", "1", "--peak-tflops", "1", "--x264-preset", "ultrafast",
                         "--json", str(out), "--keep-video", str(video)])
     printed = capsys.readouterr().out
     assert rc == 0, printed
+    assert torch.get_num_threads() == threads, "--threads leaked out of the benchmark"
     assert "seconds per video second" in printed and "sampling" in printed
     report = json.loads(out.read_text())
     assert all(key in report for key in HEADLINE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 
 from comfyui_server import REPO, apply_test_settings, fast_overrides, final_message, run_prompt
@@ -46,7 +47,15 @@ def test_interrupt_during_sampling_stops_quickly_and_cleanly(comfy_server):
     assert posted, f"sampling progress never reported: {[m['type'] for m in messages]}"
     assert end["type"] == "execution_interrupted", end
     assert end["data"]["node_type"] == "SonicInference"
-    assert end["received_at"] - posted["at"] < 2.0, "the sampler did not stop within 2 s"
+    # The sampler stops within about one UNet call: besides the call in flight, only progress the
+    # server had already sent before the interrupt arrived may be read after it.
+    sampler_steps = [m for m in messages if m["type"] == "progress" and (m.get("data") or {}).get("node") == SAMPLER_NODE]
+    late_steps = [m for m in sampler_steps if m["received_at"] > posted["at"]]
+    assert len(late_steps) <= 3, f"{len(late_steps)} sampler steps were reported after the interrupt"
+    # 2 s, unless a busy machine makes a single step slower than that (then 3 steps' time).
+    step_times = np.diff([m["received_at"] for m in sampler_steps if m["received_at"] <= posted["at"]])
+    limit = max(2.0, 3 * float(np.median(step_times))) if len(step_times) else 2.0
+    assert end["received_at"] - posted["at"] < limit, f"the sampler did not stop within {limit:.1f} s"
     assert output_files(comfy_server) == before, "an interrupted prompt left files behind"
 
     _, messages = run_prompt(comfy_server, fast_prompt(seed=12))

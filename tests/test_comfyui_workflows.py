@@ -53,6 +53,17 @@ def test_presets_differ_where_the_issue_says():
     assert value(fast, "SonicModelLoader", "svd_model") == value(hq, "SonicModelLoader", "svd_model") == "auto"
 
 
+def test_loader_offers_the_svd_single_file_the_presets_run_on(comfy_server):
+    """The test server holds SVD-xt only as models/checkpoints/svd_xt.safetensors (no VAE or CLIP weights in
+    models/sonic), so the preset runs below prove that svd_model=auto finds and loads the single file."""
+    from sonic.comfy_client import ComfyClient
+
+    choices = ComfyClient(comfy_server.url).object_info()["SonicModelLoader"]["input"]["required"]["svd_model"][0]
+    assert choices[0] == "auto" and "svd_xt.safetensors" in choices, choices
+    svd_folder = comfy_server.base / "models" / "sonic" / "stable-video-diffusion-img2vid-xt"
+    assert not [p for p in svd_folder.rglob("*") if p.suffix in (".safetensors", ".bin")], "weights in the SVD folder"
+
+
 def fetch_video(server, prompt_id: str, dest: Path) -> Path:
     from sonic.comfy_client import ComfyClient, video_outputs
 

@@ -7,13 +7,13 @@ import os
 
 import folder_paths
 
+from sonic.config import DEFAULT_FEATHER_PX, MAX_SYNC_SHIFT_MS
+
 from .common import (CATEGORY, SONIC_MODEL, SONIC_PREDATA, ComfyProgress, comfy_errors, declared_range_problem,
                      make_room, release_memory)
 from .paths import UnsafePathError, resolve_media_path
 
 SYNC_MODES = ["off", "auto", "manual"]
-MAX_SYNC_OFFSET_MS = 1000.0  # sonic.postprocess.MAX_SYNC_SHIFT_MS
-DEFAULT_FEATHER_PX = 24  # sonic.postprocess.PostProcessOptions.feather_px
 MAX_FEATHER_PX = 1024
 X264_PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 OOM_KNOBS = "turn interpolation off or set the loader's memory_policy to 'offload'"
@@ -70,7 +70,7 @@ class SonicPostProcess:
                                          "tooltip": "Resample the clip to this frame rate; 0 keeps 25 (12.5 without "
                                                     "interpolation)."}),
                 # New inputs go last: saved workflows map widget values by position.
-                "sync_offset_ms": ("FLOAT", {"default": 0.0, "min": -MAX_SYNC_OFFSET_MS, "max": MAX_SYNC_OFFSET_MS,
+                "sync_offset_ms": ("FLOAT", {"default": 0.0, "min": -MAX_SYNC_SHIFT_MS, "max": MAX_SYNC_SHIFT_MS,
                                              "step": 1.0, "advanced": True,
                                              "tooltip": "With lip_sync = manual: milliseconds to delay the audio "
                                                         "(positive: the mouth moves after the sound; negative: "

@@ -47,6 +47,10 @@ VAE_SCALING_FACTOR = 0.18215  # hard-coded in the official pipeline (not read fr
 # --- Input safety -----------------------------------------------------------------------------
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # decoding cap: bigger pictures are almost surely mistakes (or bombs)
 
+# --- Post-processing (shared by the library and the ComfyUI PostProcess node) -------------------
+MAX_SYNC_SHIFT_MS = 1000.0  # largest lip-sync correction, either way
+DEFAULT_FEATHER_PX = 24  # paste-back blend width at the crop's inner edges, original pixels
+
 # --- Face detector (SPEC 2.1) ---------------------------------------------------------------
 YOLO_SHORT_SIDE = 416
 YOLO_STRIDE_MULTIPLE = 32

@@ -21,11 +21,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .config import DEFAULT_FEATHER_PX, MAX_SYNC_SHIFT_MS
 from .errors import ParameterError
 
 DEFAULT_SMOOTHING_STRENGTH = 0.5  # the value the UI offers when smoothing is switched on
 SYNC_MIN_CONFIDENCE = 3.0  # "auto" applies a measured offset only above this z-score
-MAX_SYNC_SHIFT_MS = 1000.0
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class PostProcessOptions:
     smoothing: float = 0.0
     colour_match: bool = False
     paste_back: bool = False
-    feather_px: int = 24
+    feather_px: int = DEFAULT_FEATHER_PX
     output_fps: float | None = None
     fps_method: str = "nearest"
 

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from .errors import WeightsError
+from .models.image_models import clip_vision_values
 
 VAE_PREFIX = "first_stage_model."
 COND_ENCODER_PREFIX = "conditioner.embedders.3.encoder."
@@ -359,8 +360,7 @@ def split_svd_single_file(state_dict: Mapping[str, torch.Tensor], *, vae_config:
     expected_vae = _expected_state(lambda: AutoencoderKLTemporalDecoder.from_config(vae_values))
     _check_against(vae, expected_vae, "SVD VAE")
 
-    clip_values = dict(clip_config) if clip_config is not None else infer_clip_config(clip)
-    clip_values.pop("architectures", None)
+    clip_values = clip_vision_values(clip_config) if clip_config is not None else infer_clip_config(clip)
     expected_clip = _expected_state(lambda: CLIPVisionModelWithProjection(CLIPVisionConfig.from_dict(clip_values)))
     _check_against(clip, expected_clip, "SVD CLIP image encoder")
     return vae, clip
@@ -388,14 +388,7 @@ def _clip_vision_part(config: Mapping[str, Any]) -> dict[str, Any]:
     """The vision config of a CLIPVisionConfig dict or of a full CLIPConfig dict, with defaults filled in."""
     from transformers import CLIPVisionConfig
 
-    values = dict(config)
-    if "vision_config" in values:
-        projection_dim = values.get("projection_dim")
-        values = dict(values["vision_config"])
-        if projection_dim is not None:
-            values.setdefault("projection_dim", projection_dim)
-    values.pop("architectures", None)
-    return {**CLIPVisionConfig().to_dict(), **values}
+    return {**CLIPVisionConfig().to_dict(), **clip_vision_values(config)}
 
 
 def _differences(inferred: Mapping[str, Any], reference: Mapping[str, Any], fields: Iterable[str]) -> list[str]:

@@ -102,10 +102,10 @@ def measure_sync(frames, fps: float, audio, sample_rate: int, *, mouth_box=None,
     count = len(frames)
     if count / fps < MIN_SECONDS:
         raise ParameterError(f"the clip lasts {count / fps:.2f} s; lip-sync needs at least {MIN_SECONDS:g} s")
-    audio_loudness(audio, sample_rate, fps, count)  # audio problems first: they are cheap to find
-    grey, scale = _analysis_frames(frames)
+    # Audio first: its problems are cheap to find, before the frames are converted.
     loudness = audio_loudness(audio, sample_rate, fps, count)  # smoothed: for the silence test
     raw_loudness = audio_loudness(audio, sample_rate, fps, count, smooth=False)  # its change is sharper
+    grey, scale = _analysis_frames(frames)
 
     audio_change = np.abs(np.diff(raw_loudness, prepend=raw_loudness[0]))
     audio_change[0] = 0.0

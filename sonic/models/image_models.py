@@ -97,6 +97,18 @@ def encode_reference(vae, pixels: torch.Tensor, *, noise_aug_strength: float = 0
 
 # --- CLIP image encoder ---------------------------------------------------------------------
 
+def clip_vision_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The CLIPVisionConfig fields of a vision config dict or of a full CLIPConfig dict."""
+    values = dict(config)
+    if "vision_config" in values:
+        projection_dim = values.get("projection_dim")
+        values = dict(values["vision_config"])
+        if projection_dim is not None:
+            values.setdefault("projection_dim", projection_dim)
+    values.pop("architectures", None)
+    return values
+
+
 def build_clip_image_encoder(config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor] | None = None, *,
                              device: torch.device | str | None = None, dtype: torch.dtype | None = None):
     """transformers `CLIPVisionModelWithProjection` from a config dict (SVD-xt `image_encoder/config.json`).
@@ -105,14 +117,7 @@ def build_clip_image_encoder(config: Mapping[str, Any], state_dict: Mapping[str,
     """
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    values = dict(config)
-    if "vision_config" in values:
-        projection_dim = values.get("projection_dim")
-        values = dict(values["vision_config"])
-        if projection_dim is not None:
-            values.setdefault("projection_dim", projection_dim)
-    values.pop("architectures", None)
-    model = CLIPVisionModelWithProjection(CLIPVisionConfig.from_dict(values))
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig.from_dict(clip_vision_values(config)))
     if state_dict is not None:
         _load_strict(model, state_dict, "image_encoder", "CLIP image encoder")
     return _place(model, device, dtype)

@@ -117,7 +117,7 @@ class SonicPostProcess:
         rate = predata.audio.original_rate
         wanted = lip_sync != "off" or smoothing > 0 or colour_match or paste_back or output_fps > 0
         if wanted:
-            from sonic.postprocess import PostProcessOptions, apply_postprocess
+            from sonic.finishing.postprocess import PostProcessOptions, apply_postprocess
 
             portrait = predata.portrait
             sync = float(sync_offset_ms) if lip_sync == "manual" else lip_sync
@@ -138,7 +138,7 @@ class SonicPostProcess:
 # ------------------------------------------------------------------------------ output
 def provenance_from_prompt(prompt: dict | None) -> dict:
     """Provenance tags from the queued graph: settings of this pack's nodes and SHA-256 of the media files."""
-    from sonic.video import sha256_file
+    from sonic.media.video import sha256_file
 
     settings: dict[str, dict] = {}
     hashes: dict[str, list[str]] = {"image_sha256": [], "audio_sha256": []}
@@ -209,7 +209,7 @@ class SonicVideoOutput:
 
     def save(self, frames, fps, filename_prefix, crf, preset="medium", audio=None, prompt=None, extra_pnginfo=None):
         from sonic.errors import OutputError
-        from sonic.video import write_mp4
+        from sonic.media.video import write_mp4
 
         if frames.dim() != 4 or frames.shape[0] < 1:
             raise OutputError(f"frames must be an IMAGE batch [T, H, W, 3] with at least one frame, got "

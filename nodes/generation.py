@@ -130,7 +130,7 @@ class SONIC_PreData:
     def check_duration(audio, duration: float) -> None:
         """Refuse a duration longer than the audio before any work (the message names both lengths)."""
         from sonic.errors import AudioError
-        from sonic.timeline import resolve_duration
+        from sonic.diffusion.timeline import resolve_duration
 
         if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
             raise AudioError("the audio input is not a ComfyUI AUDIO value; connect a Sonic Load Audio (or LoadAudio) node")

@@ -207,7 +207,7 @@ class SonicAudioLoader:
     def load(self, audio):
         import torch
 
-        from sonic.audio import load_audio
+        from sonic.inputs.audio import load_audio
 
         path = resolve_media_path(audio, kind="audio")
         clip = load_audio(path)
@@ -252,7 +252,7 @@ class SonicImageLoader:
         import numpy as np
         import torch
 
-        from sonic.face import load_image
+        from sonic.inputs.portrait import load_image
 
         path = resolve_media_path(image, kind="image")
         # The pipeline's own decoding: 16-bit scaled, transparency over white, grey, EXIF rotation.

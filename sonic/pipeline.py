@@ -12,27 +12,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from .audio import AudioClip, frame_windows, load_audio, whisper_hidden_states
-from .conditioning import AudioConditioning, audio_conditioning
+from .inputs.audio import AudioClip, frame_windows, load_audio, whisper_hidden_states
+from .diffusion.conditioning import AudioConditioning, audio_conditioning
 from .config import LATENT_DOWNSCALE, SonicConfig
-from .decode import decode_latents
+from .diffusion.decode import decode_latents
 from .devices import resolve_device, resolve_dtype
-from .errors import DeviceMemoryError, Interrupted, ParameterError
-from .face import PreparedPortrait, prepare_portrait
-from .interpolate import iter_double_frame_rate
+from .errors import DeviceMemoryError, ParameterError
+from .inputs.portrait import PreparedPortrait, prepare_portrait
+from .diffusion.interpolate import iter_double_frame_rate
+from .weights.loading import SonicModels
 from .models.image_models import clip_image_embeds, encode_reference
-from .sampler import initial_noise, sample_latents
-from .schedule import make_schedule
-from .timeline import Timeline
+from .diffusion.sampler import initial_noise, sample_latents
+from .diffusion.schedule import make_schedule
+from .diffusion.timeline import Timeline
 
 log = logging.getLogger("sonic")
 
@@ -101,21 +100,6 @@ class SonicOutput:
         return self.timeline.output_frames(self.config.interpolate) / self.fps
 
 
-@dataclass
-class SonicModels:
-    """The loaded networks. Optional ones are None when the run does not need them."""
-
-    unet: torch.nn.Module
-    vae: torch.nn.Module
-    image_encoder: torch.nn.Module
-    whisper: torch.nn.Module
-    audio2token: torch.nn.Module
-    audio2bucket: torch.nn.Module
-    scheduler_config: dict
-    rife: torch.nn.Module | None = None
-    face_detector: Any | None = None
-
-
 class SonicPipeline:
     """The Sonic inference path. Build it with `from_pretrained`."""
 
@@ -146,7 +130,7 @@ class SonicPipeline:
         OpenCV fallback is used). `interpolation=False` skips RIFE. Raises `WeightsError` listing every
         missing or broken file.
         """
-        from .loading import load_models
+        from .weights.loading import load_models
 
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
@@ -207,7 +191,7 @@ class SonicPipeline:
     def resident_modules(self) -> set[str]:
         """Names of the models the memory policy holds on the pipeline's device right now (its
         resting place is the device, or a running stage moved it there). On a GPU this equals the
-        models `module_devices()` reports there; `sonic.bench` checks that in every stage."""
+        models `module_devices()` reports there; `sonic.tools.bench` checks that in every stage."""
         return {name for name, m in self._named_models().items()
                 if self._home(m) == self.device or id(m) in self._lent}
 
@@ -239,7 +223,7 @@ class SonicPipeline:
     def face_detector(self):
         """The release's yoloface when loaded, else the OpenCV fallback (built on first use)."""
         if self.models.face_detector is None:
-            from .face_detectors import HaarFaceDetector
+            from .inputs.face_detectors import HaarFaceDetector
 
             self.models.face_detector = HaarFaceDetector()
         return self.models.face_detector
@@ -362,7 +346,7 @@ class SonicPipeline:
         duration: seconds of audio to use (None/0: all of it; longer than the audio is an error).
         seed: None uses the config seed (72589, the official one); `noise`, a float32 tensor
             (1, N, 4, H/8, W/8), replaces the random draw for exact reproducibility.
-        postprocess: a `sonic.postprocess.PostProcessOptions` (sync calibration, smoothing,
+        postprocess: a `sonic.finishing.postprocess.PostProcessOptions` (sync calibration, smoothing,
             colour match, paste-back, output fps) applied to the finished frames.
         Returns a `SonicOutput` with frames at 25 fps (12.5 with interpolate=False).
         """
@@ -385,7 +369,7 @@ class SonicPipeline:
                callback: ProgressCallback | None = None, **kwargs) -> SonicOutput:
         """Like `__call__` (without post-processing), but `frames` is an iterator of frame chunks
         produced while they are consumed: decode and interpolation are streamed, so a long video
-        never sits in memory as a whole (e.g. feed it to `sonic.video.write_mp4`). The number of
+        never sits in memory as a whole (e.g. feed it to `sonic.media.video.write_mp4`). The number of
         frames is known up front: `timeline.output_frames(interpolate)`."""
         per_job = {"face_box", "face_index", "duration", "noise", "config"}
         fields = {f.name for f in dataclasses.fields(SonicConfig)}
@@ -424,7 +408,7 @@ def soundtrack_for(job: PreparedJob, seconds: float) -> np.ndarray:
 
 
 def apply_postprocess_to_output(out: SonicOutput, options) -> SonicOutput:
-    from .postprocess import apply_postprocess
+    from .finishing.postprocess import apply_postprocess
 
     portrait = out.job.portrait
     result = apply_postprocess(out.frames, out.fps, out.audio, out.sample_rate, options=options,

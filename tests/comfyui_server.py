@@ -56,7 +56,7 @@ def make_base_directory(base: Path, *, with_models: bool = True) -> Path:
     if not link.exists():
         link.symlink_to(REPO, target_is_directory=True)
     if with_models:
-        from sonic.zoo import write_tiny_zoo
+        from sonic.tools.zoo import write_tiny_zoo
 
         # The layout most ComfyUI users have: Sonic's files in models/sonic, SVD-xt as one file in models/checkpoints.
         write_tiny_zoo(base, layout="comfyui", svd_single_file=True)
@@ -85,7 +85,7 @@ class ComfyServer:
         return self.log_path.read_text(errors="replace")[-tail:]
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        from sonic.comfy_client import ComfyClient, ComfyConnectionError
+        from sonic.tools.comfy_client import ComfyClient, ComfyConnectionError
 
         client = ComfyClient(self.url, timeout=5)
         deadline = time.monotonic() + timeout
@@ -161,7 +161,7 @@ def run_prompt(server: ComfyServer, prompt: dict, *, timeout: float = 300.0, ext
 
     `on_message(message)` may act while the prompt runs (e.g. post /interrupt).
     """
-    from sonic.comfy_client import ComfyClient
+    from sonic.tools.comfy_client import ComfyClient
 
     client = ComfyClient(server.url)
     ws = client.websocket()

@@ -77,6 +77,6 @@ def portrait():
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory):
     """A complete tiny model folder (official layout) built from the golden weights."""
-    from sonic.zoo import write_tiny_zoo
+    from sonic.tools.zoo import write_tiny_zoo
 
     return write_tiny_zoo(tmp_path_factory.mktemp("zoo") / "checkpoints", layout="official")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import MANIFESTS, assert_close_peak, load_golden
 
-from sonic.conditioning import audio_conditioning
+from sonic.diffusion.conditioning import audio_conditioning
 from sonic.errors import WeightsError
 from sonic.models.audio_adapters import AudioToBucket, AudioToTokens
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import GOLDEN, assert_close_peak, load_golden
 
-from sonic.audio import frame_windows, log_mel, log_mel_chunk, mel_filters, num_chunks, whisper_hidden_states
+from sonic.inputs.audio import frame_windows, log_mel, log_mel_chunk, mel_filters, num_chunks, whisper_hidden_states
 from sonic.errors import WeightsError
 from sonic.models.whisper import (build_whisper_encoder, encoder_hidden_states, encoder_state_dict,
                                   load_whisper_encoder)
-from sonic.timeline import Timeline
+from sonic.diffusion.timeline import Timeline
 
 REL = 1e-5  # golden/README.md: small modules
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import soundfile
 import torch
 
-from sonic.audio import AudioClip, load_audio, to_mono_16k
+from sonic.inputs.audio import AudioClip, load_audio, to_mono_16k
 from sonic.errors import AudioError, ParameterError
 
 SOURCE_RATE = 44_100
@@ -120,7 +120,7 @@ def test_ffmpeg_decoded_and_read_only_inputs_give_writable_arrays(source):
     output, and torch printed a 'non-writable array' UserWarning; read-only arrays given in memory too."""
     import warnings
 
-    from sonic.audio import log_mel
+    from sonic.inputs.audio import log_mel
 
     source_path, _, _ = source
     path = source_path.parent / "mono16k.mp4"
@@ -354,7 +354,7 @@ def test_bad_in_memory_inputs():
 def test_implausible_sample_rates_are_refused():
     import numpy as np
 
-    from sonic.audio import load_audio
+    from sonic.inputs.audio import load_audio
     from sonic.errors import AudioError
 
     with pytest.raises(AudioError, match="not plausible"):

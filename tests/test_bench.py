@@ -9,8 +9,9 @@ import pytest
 import torch
 from conftest import GOLDEN, MANIFESTS
 
-from sonic.bench import STAGES, bench_command, count_unet_flops
-from sonic.media_probe import probe
+from sonic.cli import main
+from sonic.tools.bench import STAGES, count_unet_flops
+from sonic.media.probe import probe
 
 HEADLINE = ("seconds_per_video_second", "seconds_per_step", "peak_device_memory_gb", "peak_host_memory_gb", "mfu",
             "stages")
@@ -23,7 +24,7 @@ def test_cpu_bench_runs_end_to_end_and_writes_a_valid_report(tmp_path, capsys):
 
     out, video = tmp_path / "report.json", tmp_path / "kept.mp4"
     threads = torch.get_num_threads()
-    rc = bench_command(["--device", "cpu", "--threads", "1", "--audio-seconds", "1", "--steps", "2",
+    rc = main(["bench", "--device", "cpu", "--threads", "1", "--audio-seconds", "1", "--steps", "2",
                         "--repeats", "1", "--warmup", "1", "--peak-tflops", "1", "--x264-preset", "ultrafast",
                         "--json", str(out), "--keep-video", str(video)])
     printed = capsys.readouterr().out
@@ -68,7 +69,7 @@ def test_cpu_bench_runs_end_to_end_and_writes_a_valid_report(tmp_path, capsys):
     (["--models", "/nonexistent/weights"], "is not a folder"),
 ])
 def test_bad_settings_are_clear_errors_before_any_work(argv, message, capsys):
-    assert bench_command(argv) == 2
+    assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
@@ -83,7 +84,7 @@ def test_meta_flop_count_equals_a_real_forward_with_explicit_attention():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from sonic.models.unet import build_sonic_unet
-    from sonic.random_models import materialize
+    from sonic.tools.random_models import materialize
 
     shape = dict(latent_height=8, latent_width=12, frames=25, tokens=4)
     on_meta = count_unet_flops(_tiny_unet_config(), dtype=torch.float32, **shape)
@@ -100,7 +101,7 @@ def test_meta_flop_count_equals_a_real_forward_with_explicit_attention():
 
 def test_flops_only_counts_the_full_size_unet(tmp_path, capsys):
     out = tmp_path / "flops.json"
-    assert bench_command(["--flops-only", "--resolution", "512", "--json", str(out)]) == 0
+    assert main(["bench", "--flops-only", "--resolution", "512", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["unet_flops_per_call"] == FULL_SIZE_FLOPS_512
     assert report["unet_calls_per_video_second"] == 12.5  # 25 steps x 12.5 frames/s / 25 frames per window
@@ -111,7 +112,7 @@ def test_flops_only_counts_the_full_size_unet(tmp_path, capsys):
 
 
 def test_full_size_random_models_have_the_release_shapes():
-    from sonic.random_models import build_random_models
+    from sonic.tools.random_models import build_random_models
 
     models = build_random_models(device="meta", dtype=torch.bfloat16)
     for attribute, manifest in (("unet", "unet"), ("audio2token", "audio2token"), ("audio2bucket", "audio2bucket"),
@@ -125,10 +126,10 @@ def test_full_size_random_models_have_the_release_shapes():
 
 
 def test_materialize_gives_finite_scaled_values_and_keeps_buffers():
-    from sonic.loading import parameters_on_meta
+    from sonic.weights.loading import parameters_on_meta
     from sonic.models.image_models import build_clip_image_encoder
-    from sonic.random_models import materialize
-    from sonic.zoo import TINY_CLIP
+    from sonic.tools.random_models import materialize
+    from sonic.tools.zoo import TINY_CLIP
 
     with parameters_on_meta():
         clip = build_clip_image_encoder(dict(TINY_CLIP, intermediate_size=512))
@@ -147,9 +148,9 @@ def test_materialize_gives_finite_scaled_values_and_keeps_buffers():
 
 
 def _rebuilt():
-    from sonic.loading import parameters_on_meta
+    from sonic.weights.loading import parameters_on_meta
     from sonic.models.image_models import build_clip_image_encoder
-    from sonic.zoo import TINY_CLIP
+    from sonic.tools.zoo import TINY_CLIP
 
     with parameters_on_meta():
         return build_clip_image_encoder(dict(TINY_CLIP, intermediate_size=512))

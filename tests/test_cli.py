@@ -42,8 +42,8 @@ def generate(zoo, media, out, seconds, *extra):
 
 @pytest.mark.parametrize("seconds", [0.3, 2.4, 31.0])
 def test_generate_writes_a_checked_mp4(tiny_zoo, media, tmp_path, seconds):
-    from sonic.media_probe import probe, read_sonic_tags
-    from sonic.video import sha256_file
+    from sonic.media.probe import probe, read_sonic_tags
+    from sonic.media.video import sha256_file
 
     out = tmp_path / "talk.mp4"
     sync = ("--sync", "auto") if seconds == 2.4 else ()  # long enough to measure; the others stream

@@ -49,7 +49,7 @@ def stereo_speech(tmp_path) -> Path:
 
 
 def test_generate_with_every_postprocess_flag(tiny_zoo, odd_portrait, stereo_speech, tmp_path, torch_threads, capsys):
-    from sonic.media_probe import probe, read_sonic_tags
+    from sonic.media.probe import probe, read_sonic_tags
 
     out = tmp_path / "talk.mp4"
     status = run_sonic("generate", "--models", tiny_zoo, "--image", odd_portrait, "--audio", stereo_speech,

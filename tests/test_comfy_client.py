@@ -10,7 +10,8 @@ import pytest
 
 from comfyui_server import REPO, write_test_media
 
-from sonic.comfy_client import (apply_overrides, fill_media, parse_set_options, queue_command, read_jobs, ui_to_api,
+from sonic.cli import main
+from sonic.tools.comfy_client import (apply_overrides, fill_media, parse_set_options, read_jobs, ui_to_api,
                                 video_outputs)
 from sonic.errors import ParameterError, SonicError
 
@@ -142,7 +143,7 @@ class _LateHistoryServer:
 
 
 def test_history_waits_for_the_entry_comfyui_files_after_execution_success():
-    from sonic.comfy_client import ComfyClient, ComfyConnectionError
+    from sonic.tools.comfy_client import ComfyClient, ComfyConnectionError
 
     server = _LateHistoryServer(empty_answers=3)
     try:
@@ -166,7 +167,7 @@ def test_unreachable_server_is_a_clear_error_before_any_work(tmp_path):
         port = sock.getsockname()[1]
     media = write_test_media(tmp_path / "media")
     with pytest.raises(SonicError, match="cannot reach the ComfyUI server"):
-        queue_command(["--server", f"http://127.0.0.1:{port}", "--workflow", str(REPO / "workflows/api/sonic_fast.json"),
+        main(["queue", "--server", f"http://127.0.0.1:{port}", "--workflow", str(REPO / "workflows/api/sonic_fast.json"),
                        "--image", str(media["portrait"]), "--audio", str(media["audio"]), "--out", str(tmp_path / "o")])
     assert main(["queue", "--server", f"http://127.0.0.1:{port}", "--workflow", "x.json", "--image", "a", "--audio",
                  "b", "--out", str(tmp_path / "o")]) == 2
@@ -178,7 +179,7 @@ def test_batch_of_four_jobs_with_one_broken_audio(comfy_server, tmp_path, capsys
     import soundfile as sf
     from PIL import Image, ImageOps
 
-    from sonic.media_probe import probe
+    from sonic.media.probe import probe
 
     media = write_test_media(tmp_path / "media")
     mirrored = tmp_path / "media" / "portrait_mirrored.png"
@@ -193,7 +194,7 @@ def test_batch_of_four_jobs_with_one_broken_audio(comfy_server, tmp_path, capsys
                     f"{media['portrait']},{media['broken_audio']}\n"
                     f"{media['portrait']},{quieter}\n")
     out = tmp_path / "videos"
-    code = queue_command(["--server", comfy_server.url, "--workflow", str(REPO / "workflows" / "sonic_fast.json"),
+    code = main(["queue", "--server", comfy_server.url, "--workflow", str(REPO / "workflows" / "sonic_fast.json"),
                           "--jobs", str(jobs), "--out", str(out), "--quiet", "--set", "min_resolution=64",
                           "--set", "inference_steps=2", "--set", "duration=1.0", "--timeout", "300"])
     printed = capsys.readouterr().out

@@ -17,7 +17,7 @@ FAST = REPO / "workflows" / "api" / "sonic_fast.json"
 
 
 def client_for(server):
-    from sonic.comfy_client import ComfyClient
+    from sonic.tools.comfy_client import ComfyClient
 
     return ComfyClient(server.url)
 
@@ -165,7 +165,7 @@ def onset_ms(samples: np.ndarray, rate: int) -> float:
 
 
 def test_postprocess_manual_sync_offset_and_feather_reach_the_clip(comfy_server):
-    from sonic.audio import load_audio
+    from sonic.inputs.audio import load_audio
 
     prompt_id, messages = run_prompt(comfy_server, chain(lip_sync="manual", sync_offset_ms=200.0, feather=40))
     assert final_message(messages)["type"] == "execution_success", f"{final_message(messages)}\n{comfy_server.log()}"

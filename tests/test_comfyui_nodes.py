@@ -21,7 +21,7 @@ LINK_TYPES = {"SONIC_MODEL", "SONIC_PREDATA", "SONIC_LATENTS", "IMAGE", "AUDIO",
 
 
 def client_for(server):
-    from sonic.comfy_client import ComfyClient
+    from sonic.tools.comfy_client import ComfyClient
 
     return ComfyClient(server.url)
 

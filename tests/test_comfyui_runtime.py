@@ -27,7 +27,7 @@ def output_files(server) -> set[str]:
 
 
 def test_interrupt_during_sampling_stops_quickly_and_cleanly(comfy_server):
-    from sonic.comfy_client import ComfyClient
+    from sonic.tools.comfy_client import ComfyClient
 
     client = ComfyClient(comfy_server.url)
     before = output_files(comfy_server)
@@ -63,7 +63,7 @@ def test_interrupt_during_sampling_stops_quickly_and_cleanly(comfy_server):
 
 
 def test_twenty_prompts_back_to_back_without_memory_growth(comfy_server):
-    from sonic.comfy_client import ComfyClient
+    from sonic.tools.comfy_client import ComfyClient
 
     client = ComfyClient(comfy_server.url)
     ws = client.websocket()

@@ -26,7 +26,7 @@ def without_meta(prompt: dict) -> dict:
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_ui_preset_converts_to_its_api_twin(comfy_server, name):
-    from sonic.comfy_client import ComfyClient, ui_to_api
+    from sonic.tools.comfy_client import ComfyClient, ui_to_api
 
     info = ComfyClient(comfy_server.url).object_info()
     converted = ui_to_api(load(WORKFLOWS / f"{name}.json"), info)
@@ -56,7 +56,7 @@ def test_presets_differ_where_the_issue_says():
 def test_loader_offers_the_svd_single_file_the_presets_run_on(comfy_server):
     """The test server holds SVD-xt only as models/checkpoints/svd_xt.safetensors (no VAE or CLIP weights in
     models/sonic), so the preset runs below prove that svd_model=auto finds and loads the single file."""
-    from sonic.comfy_client import ComfyClient
+    from sonic.tools.comfy_client import ComfyClient
 
     choices = ComfyClient(comfy_server.url).object_info()["SonicModelLoader"]["input"]["required"]["svd_model"][0]
     assert choices[0] == "auto" and "svd_xt.safetensors" in choices, choices
@@ -65,7 +65,7 @@ def test_loader_offers_the_svd_single_file_the_presets_run_on(comfy_server):
 
 
 def fetch_video(server, prompt_id: str, dest: Path) -> Path:
-    from sonic.comfy_client import ComfyClient, video_outputs
+    from sonic.tools.comfy_client import ComfyClient, video_outputs
 
     client = ComfyClient(server.url)
     history = client.history(prompt_id)
@@ -78,7 +78,7 @@ def fetch_video(server, prompt_id: str, dest: Path) -> Path:
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_runs_to_an_mp4_with_sound(comfy_server, tmp_path, name):
-    from sonic.media_probe import probe, read_sonic_tags
+    from sonic.media.probe import probe, read_sonic_tags
 
     prompt = apply_test_settings(load(WORKFLOWS / "api" / f"{name}.json"), fast_overrides())
     apply_test_settings(prompt, {"image": "portrait.png", "audio": "speech.wav"})

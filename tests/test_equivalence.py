@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import FACE, GOLDEN, SR, assert_close_peak, load_golden, speech_like
 
-from sonic.bench import attention_backend
+from sonic.tools.bench import attention_backend
 
 UNET_REL = 1e-4  # golden/README.md: UNet outputs within 1e-4 of the peak
 FOLDER = GOLDEN / "unet_forward"

@@ -13,9 +13,9 @@ from PIL import Image
 
 from sonic.config import CLIP_MEAN, CLIP_STD
 from sonic.errors import FaceNotFoundError, ImageError, ParameterError
-from sonic.face import (face_mask_bounds, fit_min_resolution, load_image, model_resolution, prepare_portrait,
+from sonic.inputs.portrait import (face_mask_bounds, fit_min_resolution, load_image, model_resolution, prepare_portrait,
                         square_crop_box)
-from sonic.face_detectors import FaceBox
+from sonic.inputs.face_detectors import FaceBox
 
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"  # test images shipped with scikit-image
 ASTRONAUT = SKIMAGE_DATA / "astronaut.png"

@@ -12,7 +12,7 @@ import skimage
 import torch
 
 from sonic.errors import ParameterError, WeightsError
-from sonic.face_detectors import (FaceBox, HaarFaceDetector, YoloFaceDetector, make_yolo_grids, non_max_suppression,
+from sonic.inputs.face_detectors import (FaceBox, HaarFaceDetector, YoloFaceDetector, make_yolo_grids, non_max_suppression,
                                   select_face, yolo_input_size)
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
@@ -142,7 +142,7 @@ def test_largest_face_selection_with_three_faces(tiny_yolo, painted_image):
 
 
 def test_prepare_portrait_uses_the_given_detector(tiny_yolo, painted_image):
-    from sonic.face import prepare_portrait
+    from sonic.inputs.portrait import prepare_portrait
 
     detector = YoloFaceDetector(tiny_yolo)
     largest = prepare_portrait(painted_image, detector=detector, crop=False)

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from sonic.errors import WeightsError
-from sonic.loading import doctor_report, load_models
+from sonic.weights.loading import doctor_report, load_models
 
 
 @pytest.fixture()
@@ -39,7 +39,7 @@ def test_single_file_svd_layout_generates_the_same_frames(tiny_zoo, tmp_path, po
 
     from conftest import FACE, SR, speech_like
     from sonic import SonicPipeline
-    from sonic.zoo import write_tiny_zoo
+    from sonic.tools.zoo import write_tiny_zoo
 
     models = write_tiny_zoo(tmp_path / "comfy", layout="comfyui", svd_single_file=True)
     single = models / "checkpoints" / "svd_xt.safetensors"

@@ -15,7 +15,7 @@ import torch
 from conftest import FACE, SR, speech_like
 
 from sonic.errors import DeviceMemoryError, Interrupted
-from sonic.loading import load_models
+from sonic.weights.loading import load_models
 from sonic.pipeline import SonicPipeline
 
 EVERYTHING = {"unet", "vae", "image_encoder", "whisper", "audio2token", "audio2bucket", "rife"}
@@ -117,7 +117,7 @@ def test_out_of_memory_in_a_stage_names_the_settings_to_change(models, portrait)
 
 
 def test_bench_documents_the_same_placement():
-    from sonic.bench import expected_resident
+    from sonic.tools.bench import expected_resident
 
     for policy in ("keep", "offload", "lowvram"):
         assert expected_resident(policy, "sampling") == allowed_on_device(policy, "unet")

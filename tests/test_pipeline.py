@@ -42,7 +42,7 @@ def test_same_seed_same_frames_different_seed_differs(pipe, portrait):
 
 
 def test_injected_noise_equals_seeded_noise(pipe, portrait):
-    from sonic.sampler import initial_noise
+    from sonic.diffusion.sampler import initial_noise
 
     audio = (speech_like(0.8), SR)
     job = pipe.prepare(portrait, audio, face_box=FACE, min_resolution=64)
@@ -85,7 +85,7 @@ def test_callback_reports_every_stage_and_can_cancel(pipe, portrait):
 
 
 def test_interrupted_streamed_job_leaves_no_file(pipe, portrait, tmp_path):
-    from sonic.video import write_mp4
+    from sonic.media.video import write_mp4
 
     def cancel_while_decoding(info):
         if info.stage == "decode" and info.done >= 8:
@@ -142,7 +142,7 @@ def test_absurd_parameters_are_refused_before_work(pipe, portrait):
 
 
 def test_postprocess_through_the_pipeline(pipe, portrait):
-    from sonic.postprocess import PostProcessOptions
+    from sonic.finishing.postprocess import PostProcessOptions
 
     options = PostProcessOptions(colour_match=True, smoothing=0.5, paste_back=True, output_fps=30.0)
     plain = pipe(portrait, (speech_like(1.0), SR), **SMALL)

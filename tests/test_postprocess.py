@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sonic.errors import ParameterError
-from sonic.postprocess import (DEFAULT_SMOOTHING_STRENGTH, PostProcessOptions, apply_postprocess, convert_fps,
+from sonic.finishing.postprocess import (DEFAULT_SMOOTHING_STRENGTH, PostProcessOptions, apply_postprocess, convert_fps,
                                flicker_statistic, match_colour, mean_lab, paste_back, shift_audio, smooth_motion)
 from test_sync import FPS, MOUTH_BOX, SAMPLE_RATE, SIZE, offset_audio, run_check_sync, speech_like_audio, talking_frames
 
@@ -32,7 +32,7 @@ def test_shift_audio_keeps_length_and_moves_sound():
 
 @pytest.mark.parametrize("sync", ["auto", 120.0])
 def test_calibration_puts_a_late_mouth_back_in_sync(tmp_path, clip, sync):
-    from sonic.video import write_mp4
+    from sonic.media.video import write_mp4
 
     frames, audio = clip
     late = offset_audio(audio, 120)[None]  # the mouth moves 120 ms after the sound
@@ -74,7 +74,7 @@ def jittered(frames: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 
 def test_smoothing_halves_flicker_and_keeps_the_mouth(clip):
-    from sonic.sync import measure_sync
+    from sonic.sync.measure import measure_sync
 
     frames, audio = clip
     shaky = jittered(frames)
@@ -145,8 +145,8 @@ def test_fps_conversion_keeps_duration(fps_out):
 
 
 def test_fps_conversion_through_the_writer(tmp_path, clip):
-    from sonic.media_probe import probe
-    from sonic.video import write_mp4
+    from sonic.media.probe import probe
+    from sonic.media.video import write_mp4
 
     frames, audio = clip
     result = apply_postprocess(frames[:50], FPS, audio[None, :32_000], SAMPLE_RATE,
@@ -159,8 +159,8 @@ def test_fps_conversion_through_the_writer(tmp_path, clip):
 
 
 def test_everything_together_streams_into_the_writer(tmp_path, clip):
-    from sonic.media_probe import probe
-    from sonic.video import write_mp4
+    from sonic.media.probe import probe
+    from sonic.media.video import write_mp4
 
     frames, audio = clip
     photo = torch.rand(401, 333, 3)

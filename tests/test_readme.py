@@ -46,7 +46,7 @@ def test_main_job_without_weights_says_what_to_download(tmp_path):
 
 
 def test_tiny_zoo_commands_make_a_video(tmp_path):
-    from sonic.media_probe import probe
+    from sonic.media.probe import probe
 
     block = next(b for b in bash_blocks() if any("make-tiny-zoo" in line for line in b))
     for command in block:

@@ -1,4 +1,4 @@
-"""RIFE IFNet (sonic.models.rife) and 2x frame-rate doubling (sonic.interpolate) against the golden fixture."""
+"""RIFE IFNet (sonic.models.rife) and 2x frame-rate doubling (sonic.diffusion.interpolate) against the golden fixture."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from conftest import MANIFESTS, assert_close_peak, load_golden
 from sonic.errors import ParameterError, WeightsError
-from sonic.interpolate import double_frame_rate, interpolate_pairs, iter_double_frame_rate
+from sonic.diffusion.interpolate import double_frame_rate, interpolate_pairs, iter_double_frame_rate
 from sonic.models.rife import IFNet, build_rife, rife_state_dict
 
 SIZES = ("64x64", "48x80")

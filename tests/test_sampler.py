@@ -17,8 +17,8 @@ from conftest import GOLDEN, assert_close_peak, load_golden
 
 from sonic.config import SonicConfig
 from sonic.errors import Interrupted, ParameterError
-from sonic.sampler import SamplerProgress, initial_noise, sample_latents
-from sonic.schedule import Schedule, make_schedule
+from sonic.diffusion.sampler import SamplerProgress, initial_noise, sample_latents
+from sonic.diffusion.schedule import Schedule, make_schedule
 
 C, H, W, DC, T = 4, 3, 5, 6, 3  # latent channels, latent height/width, context width, audio tokens
 

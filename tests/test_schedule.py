@@ -10,7 +10,7 @@ from conftest import GOLDEN, SVD_CONFIGS, load_golden
 
 from sonic.config import SonicConfig
 from sonic.errors import ParameterError
-from sonic.schedule import (KarrasSchedule, add_noise, euler_step, make_schedule, scale_model_input,
+from sonic.diffusion.schedule import (KarrasSchedule, add_noise, euler_step, make_schedule, scale_model_input,
                             v_to_denoised)
 
 CASES = json.loads((GOLDEN / "scheduler" / "schedules.json").read_text())["cases"]

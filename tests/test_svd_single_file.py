@@ -1,4 +1,4 @@
-"""Original-layout SVD checkpoint -> diffusers VAE + transformers CLIP (sonic.svd_single_file).
+"""Original-layout SVD checkpoint -> diffusers VAE + transformers CLIP (sonic.weights.svd_single_file).
 
 The inverse mapping (`to_single_file_layout`: diffusers/transformers names -> Stability's SGM names,
 with OpenCLIP's fused q/k/v and transposed projection) builds a tiny original-layout checkpoint from
@@ -17,7 +17,9 @@ from conftest import SVD_CONFIGS
 from sonic.errors import WeightsError
 from sonic.weights import BUILTIN_SVD_CONFIGS
 from sonic.models.image_models import build_clip_image_encoder, build_vae, clip_image_embeds, encode_reference
-from sonic.svd_single_file import is_needed_key, single_file_configs, split_svd_single_file, to_single_file_layout
+from sonic.weights.svd_single_file import is_needed_key, split_svd_single_file
+from sonic.weights.svd_single_file_config import single_file_configs
+from sonic.weights.svd_single_file_export import to_single_file_layout
 
 TINY_VAE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 2,
             "block_out_channels": [32, 64], "layers_per_block": 1, "latent_channels": 4}

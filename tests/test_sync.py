@@ -81,21 +81,21 @@ def clip():
 def write_clip(path, frames, audio):
     import torch
 
-    from sonic.video import write_mp4
+    from sonic.media.video import write_mp4
 
     return write_mp4(path, torch.from_numpy(frames), fps=FPS, audio=audio[None], sample_rate=SAMPLE_RATE,
                      preset="ultrafast")
 
 
 def run_check_sync(*args) -> tuple[int, dict | None, str]:
-    from sonic.sync import check_sync_command
+    from sonic.cli import main
 
     import contextlib
     import io
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = check_sync_command([str(a) for a in args])
+        code = main(["check-sync", *[str(a) for a in args]])
     text = out.getvalue().strip()
     return code, (json.loads(text) if text else None), err.getvalue()
 
@@ -123,7 +123,7 @@ def test_static_mouth_gets_low_confidence(tmp_path):
 
 def test_mouth_that_follows_other_audio_gets_low_confidence(clip):
     """Unrelated speech with the same rhythm statistics: chance-level confidence, far below the real match."""
-    from sonic.sync import measure_sync
+    from sonic.sync.measure import measure_sync
 
     frames, audio = clip
     matched = measure_sync(frames, FPS, audio, SAMPLE_RATE, mouth_box=MOUTH_BOX).confidence
@@ -137,7 +137,7 @@ def test_head_motion_is_not_read_as_speech(clip):
     """A head swaying by a few pixels must not hide the offset (motion is compensated)."""
     import cv2
 
-    from sonic.sync import measure_sync
+    from sonic.sync.measure import measure_sync
 
     frames, audio = clip
     moved = np.stack([cv2.warpAffine(frame, np.float32([[1, 0, 4 * np.sin(0.15 * t)], [0, 1, 3 * np.sin(0.11 * t + 1)]]),
@@ -148,7 +148,7 @@ def test_head_motion_is_not_read_as_speech(clip):
 
 def test_drift_is_measured_on_a_long_clip():
     """Audio played 0.5 % slow drifts by -300 ms per minute (the sound falls behind the mouth)."""
-    from sonic.sync import measure_sync
+    from sonic.sync.measure import measure_sync
 
     audio, envelope = speech_like_audio(24.0, seed=2)
     frames = talking_frames(envelope)[:, ::2, ::2]  # 128 px: enough with a given mouth box, and fast
@@ -166,7 +166,7 @@ def test_drift_is_measured_on_a_long_clip():
 def test_no_audio_is_a_clear_error(tmp_path, clip):
     import torch
 
-    from sonic.video import write_mp4
+    from sonic.media.video import write_mp4
 
     path = write_mp4(tmp_path / "mute.mp4", torch.from_numpy(clip[0]), fps=FPS, preset="ultrafast")
     code, report, err = run_check_sync(path)
@@ -211,12 +211,12 @@ def test_plot_of_the_lag_curve(tmp_path, clip):
 
 def test_bad_plot_path_and_max_seconds_are_clear_errors(tmp_path, monkeypatch):
     """Checked before the video is read: one `error:` line, exit status 2, no OpenCV/ffmpeg traceback."""
-    import sonic.media_probe
+    import sonic.media.probe
 
     def no_read(*args, **kwargs):
         raise AssertionError("the video was read before the arguments were checked")
 
-    monkeypatch.setattr(sonic.media_probe, "read_video", no_read)
+    monkeypatch.setattr(sonic.media.probe, "read_video", no_read)
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"")
     (tmp_path / "adir").mkdir()
@@ -233,7 +233,7 @@ def test_bad_plot_path_and_max_seconds_are_clear_errors(tmp_path, monkeypatch):
 def test_plot_write_failure_is_an_output_error(tmp_path, clip, monkeypatch):
     """A folder is refused before drawing; an OpenCV failure while writing becomes OutputError, not cv2.error."""
     from sonic.errors import OutputError
-    from sonic.sync import measure_sync, plot_lag_curves
+    from sonic.sync.measure import measure_sync, plot_lag_curves
 
     frames, audio = clip
     report = measure_sync(frames, FPS, audio, SAMPLE_RATE, mouth_box=MOUTH_BOX)
@@ -279,7 +279,7 @@ def test_video_without_a_face_is_the_no_face_error(tmp_path, clip, kind):
 def test_of_two_faces_the_speaker_is_measured(speaker):
     """Two copies of the portrait side by side, only one of them talking: whichever the detector
     ranks first, the face whose mouth follows the audio is the one measured."""
-    from sonic.sync import _analysis_frames, detect_face_boxes, measure_sync
+    from sonic.sync.measure import _analysis_frames, detect_face_boxes, measure_sync
 
     audio, envelope = speech_like_audio(5.0, seed=1)
     talking, still = talking_frames(envelope), talking_frames(envelope, static=True)

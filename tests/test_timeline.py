@@ -7,7 +7,7 @@ import math
 import pytest
 
 from sonic.errors import AudioError, ParameterError
-from sonic.timeline import GENERATED_FPS, Timeline, resolve_duration
+from sonic.diffusion.timeline import GENERATED_FPS, Timeline, resolve_duration
 
 RATE = 16_000
 

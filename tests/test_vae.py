@@ -1,4 +1,4 @@
-"""SVD temporal VAE wrappers (sonic.models.image_models, sonic.decode) against the golden fixture."""
+"""SVD temporal VAE wrappers (sonic.models.image_models, sonic.diffusion.decode) against the golden fixture."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from conftest import GOLDEN, SVD_CONFIGS, assert_close_peak, load_golden
 from sonic.config import VAE_SCALING_FACTOR
-from sonic.decode import decode_all, decode_latents
+from sonic.diffusion.decode import decode_all, decode_latents
 from sonic.errors import ParameterError, WeightsError
 from sonic.models.image_models import build_vae, encode_reference
 

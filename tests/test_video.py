@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sonic.errors import OutputError, ParameterError
-from sonic.media_probe import MediaReadError, probe, read_sonic_tags, read_video
-from sonic.video import build_metadata_tags, fit_audio_length, to_uint8_frames, write_mp4
+from sonic.media.probe import MediaReadError, probe, read_sonic_tags, read_video
+from sonic.media.video import build_metadata_tags, fit_audio_length, to_uint8_frames, write_mp4
 
 FPS = 25.0
 

@@ -246,7 +246,7 @@ def test_load_torchscript_errors(tmp_path):
     (tmp_path / "noise.pt").write_bytes(random.Random(1).randbytes(1000))
     with pytest.raises(WeightsError, match="damaged"):
         load_torchscript(tmp_path / "noise.pt", "YOLOv5-face detector")
-    from sonic.zoo import write_tiny_face_detector
+    from sonic.tools.zoo import write_tiny_face_detector
 
     good = write_tiny_face_detector(tmp_path / "yoloface_v5m.pt")
     data = good.read_bytes()

@@ -9,8 +9,8 @@ import torch
 from conftest import GOLDEN
 
 from sonic.errors import ParameterError
-from sonic.sampler import window_added_time_ids
-from sonic.windows import all_step_indices, frame_counts, window_indices, window_starts
+from sonic.diffusion.sampler import window_added_time_ids
+from sonic.diffusion.windows import all_step_indices, frame_counts, window_indices, window_starts
 
 CASES = json.loads((GOLDEN / "window_layout" / "windows.json").read_text())["cases"]
 

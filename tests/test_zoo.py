@@ -1,4 +1,4 @@
-"""The tiny model zoo (sonic.zoo) and finding model files in both layouts (sonic.weights.find_model_files)."""
+"""The tiny model zoo (sonic.tools.zoo) and finding model files in both layouts (sonic.weights.find_model_files)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conftest import GOLDEN, load_golden
 from sonic.errors import ParameterError, WeightsError
 from sonic.weights import (BUILTIN_SVD_CONFIGS, HINTS, check_state_dict, convert_checkpoints, find_model_files,
                            load_torchscript, read_state_dict, rife_state_dict, safetensors_digests, shapes_of)
-from sonic.zoo import write_tiny_zoo
+from sonic.tools.zoo import write_tiny_zoo
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@
 The UI files are what users load (and what ComfyUI lists as templates); the API twins in
 `workflows/api/` are what `POST /prompt` and `python -m sonic queue` take. The API twins are
 produced by converting the UI files with the server's `/object_info`
-(`sonic.comfy_client.ui_to_api`), and tests check that the two still agree.
+(`sonic.tools.comfy_client.ui_to_api`), and tests check that the two still agree.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     client = None
     if args.server:
         sys.path.insert(0, str(HERE.parent))
-        from sonic.comfy_client import ComfyClient, ui_to_api
+        from sonic.tools.comfy_client import ComfyClient, ui_to_api
 
         client = ComfyClient(args.server)
         info = client.object_info()

@@ -2,7 +2,7 @@
 
 Both are built from their config dicts (SVD-xt `vae/config.json`, `image_encoder/config.json`,
 or tiny test configs) and loaded strictly from a state dict in diffusers / transformers naming
-(a diffusers folder's weights, or the output of `sonic.svd_single_file.split_svd_single_file`).
+(a diffusers folder's weights, or the output of `sonic.weights.svd_single_file.split_svd_single_file`).
 diffusers and transformers are imported inside the functions so `import sonic` stays cheap.
 
 Build on the meta device with `with torch.device("meta"): build_vae(config)` to inspect shapes
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..config import VAE_SCALING_FACTOR
-from ..errors import ParameterError, WeightsError
+from ..errors import ParameterError
 
 
 def _load_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], role: str, what: str) -> None:

@@ -23,7 +23,7 @@ from ..errors import WeightsError
 # Coarse-to-fine resolution divisors of block0, block1, block2 (official scale_list at scale=1.0).
 STAGE_SCALES = (4, 2, 1)
 # Both sides must be divisible by this: the 1/4-resolution stage goes through two stride-2
-# convolutions and back; other sizes must be padded by the caller (see sonic.interpolate).
+# convolutions and back; other sizes must be padded by the caller (see sonic.diffusion.interpolate).
 SIZE_MULTIPLE = 16
 # Input channels of the student blocks: two RGB images + the mask (7) + the 4-channel flow.
 STUDENT_IN_CHANNELS = 11

@@ -6,7 +6,7 @@ Frames are torch float32 `[T, H, W, 3]` in [0, 1] (ComfyUI IMAGE layout), audio 
 frames) at a time: each step allocates its output plus O(window) working frames, never
 several copies of the clip. Paste-back, whose output is the largest, can be streamed as
 chunks (`iter_paste_back`, `apply_postprocess(..., stream=True)`) straight into
-`sonic.video.write_mp4`.
+`sonic.media.video.write_mp4`.
 
 `apply_postprocess` runs the enabled steps in this order: colour match -> smoothing -> sync
 calibration (measured on the cleaned crop) -> frame-rate conversion -> paste-back.
@@ -21,8 +21,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .config import DEFAULT_FEATHER_PX, MAX_SYNC_SHIFT_MS
-from .errors import ParameterError
+from ..config import DEFAULT_FEATHER_PX, MAX_SYNC_SHIFT_MS
+from ..errors import ParameterError
 
 DEFAULT_SMOOTHING_STRENGTH = 0.5  # the value the UI offers when smoothing is switched on
 SYNC_MIN_CONFIDENCE = 3.0  # "auto" applies a measured offset only above this z-score
@@ -133,7 +133,7 @@ def apply_postprocess(frames, fps: float, audio, sample_rate, *, options: PostPr
 
 
 def _calibrate_sync(frames, fps, audio, sample_rate, sync, mouth_box) -> tuple[np.ndarray, dict]:
-    from .sync import measure_sync
+    from ..sync.measure import measure_sync
 
     audio = _as_audio(audio)
     if sync == "auto":
@@ -262,8 +262,8 @@ def smooth_motion(frames, strength: float = DEFAULT_SMOOTHING_STRENGTH, *, mouth
 
 
 def _guess_mouth_box(frames: torch.Tensor):
-    from .errors import FaceNotFoundError
-    from .sync import _analysis_frames, detect_face_box, mouth_box_from_face
+    from ..errors import FaceNotFoundError
+    from ..sync.measure import _analysis_frames, detect_face_box, mouth_box_from_face
 
     picks = frames[:: max(1, frames.shape[0] // 8)]
     grey, scale = _analysis_frames(picks)
@@ -374,7 +374,7 @@ def paste_back(frames, original_image, crop_box, *, feather_px: int = 24) -> tor
     The frames are resized to the crop box and blended over `feather_px` pixels at the box
     edges that lie inside the photo (edges on the photo border need no blend). Pixels outside
     the box are exactly the original photo's. The size is the photo's, rounded down to even
-    (last row/column dropped), as `sonic.video.write_mp4` requires.
+    (last row/column dropped), as `sonic.media.video.write_mp4` requires.
     """
     return torch.cat(list(iter_paste_back(frames, original_image, crop_box, feather_px=feather_px)))
 

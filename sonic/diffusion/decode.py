@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import torch
 
-from .config import VAE_SCALING_FACTOR
-from .errors import ParameterError
+from ..config import VAE_SCALING_FACTOR
+from ..errors import ParameterError
 
 
 def _flatten_latents(latents: torch.Tensor) -> torch.Tensor:

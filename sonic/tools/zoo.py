@@ -27,8 +27,8 @@ from typing import List
 
 import torch
 
-from .errors import ParameterError, WeightsError
-from .weights.locate import BUILTIN_SVD_CONFIGS, SVD_FOLDER, SVD_SINGLE_FILES, WHISPER_FOLDER
+from ..errors import ParameterError, WeightsError
+from ..weights.locate import BUILTIN_SVD_CONFIGS, SVD_FOLDER, SVD_SINGLE_FILES, WHISPER_FOLDER
 
 LAYOUTS = ("official", "comfyui")
 FILE_FORMATS = ("pickle", "safetensors")
@@ -40,7 +40,7 @@ TINY_CLIP = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_
 
 def default_fixtures_dir() -> Path:
     """The checkout's tests/fixtures/golden (absent in an installed package)."""
-    return Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "golden"
+    return Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "golden"
 
 
 def write_tiny_zoo(dest, *, layout: str = "official", fixtures_dir=None, file_format: str = "pickle",
@@ -78,7 +78,7 @@ def write_tiny_zoo(dest, *, layout: str = "official", fixtures_dir=None, file_fo
     for folder in (sonic_dir, rife_dir):
         folder.mkdir(parents=True, exist_ok=True)
 
-    from .weights.reading import read_state_dict
+    from ..weights.reading import read_state_dict
 
     def golden_weights(*parts: str) -> dict[str, torch.Tensor]:
         return read_state_dict(golden.joinpath(*parts), what=f"golden {'/'.join(parts)}")
@@ -97,7 +97,7 @@ def write_tiny_zoo(dest, *, layout: str = "official", fixtures_dir=None, file_fo
     if with_face_detector:
         write_tiny_face_detector(root / "yoloface_v5m.pt")
     (root / "TINY_RANDOM_WEIGHTS.txt").write_text(
-        "Tiny random-weight models built from tests/fixtures/golden by sonic.zoo.write_tiny_zoo.\n"
+        "Tiny random-weight models built from tests/fixtures/golden by sonic.tools.zoo.write_tiny_zoo.\n"
         "They exercise the code paths only: generated videos are noise.\n")
     return models_dir
 
@@ -122,7 +122,7 @@ def _save(state: dict[str, torch.Tensor], stem: Path, pickle_suffix: str, file_f
 
 def _merged_unet(golden: Path) -> dict[str, torch.Tensor]:
     """The golden UNet state dict, merged from its HF-style shards (checked against the index)."""
-    from .weights.reading import read_state_dict
+    from ..weights.reading import read_state_dict
 
     folder = golden / "unet_forward"
     weight_map = json.loads((folder / "weights.safetensors.index.json").read_text())["weight_map"]
@@ -144,7 +144,7 @@ def _write_whisper(folder: Path, golden: Path) -> None:
     """whisper-tiny/ like the real download: WhisperForConditionalGeneration keys (`model.encoder.*`)."""
     from safetensors.torch import save_file
 
-    from .weights.reading import read_state_dict
+    from ..weights.reading import read_state_dict
 
     config = json.loads((golden / "audio_features" / "config.json").read_text())
     _write_json(folder / "config.json", {"architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper",
@@ -167,7 +167,7 @@ def _write_svd(folder: Path, golden: Path) -> None:
     """The diffusers SVD folder: tiny VAE, tiny UNet config (no UNet weights), real scheduler, tiny CLIP."""
     from safetensors.torch import save_file
 
-    from .weights.reading import read_state_dict
+    from ..weights.reading import read_state_dict
 
     vae_config = json.loads((golden / "vae" / "config.json").read_text())["config"]
     _write_json(folder / "vae" / "config.json", {"_class_name": "AutoencoderKLTemporalDecoder", **vae_config})
@@ -199,8 +199,8 @@ def write_tiny_svd_single_file(path, *, fixtures_dir=None, seed: int = CLIP_SEED
     """
     from safetensors.torch import save_file
 
-    from .svd_single_file import to_single_file_layout
-    from .weights.reading import read_state_dict
+    from ..weights.svd_single_file_export import to_single_file_layout
+    from ..weights.reading import read_state_dict
 
     golden = Path(fixtures_dir).expanduser() if fixtures_dir is not None else default_fixtures_dir()
     vae = read_state_dict(golden / "vae" / "weights.safetensors", what="golden VAE")

@@ -7,8 +7,8 @@
 What runs is the product path: `SonicPipeline.prepare -> encode -> sample`, then decode, RIFE
 and the MP4 writer streamed chunk by chunk (`decode_iter -> interpolate_iter -> write_mp4`), on
 a synthetic portrait and synthetic speech. On a GPU the default models are full-size with random
-weights (`sonic.random_models`: timing does not depend on weight values); `--models DIR` uses
-real weights. On the CPU the default is the tiny zoo (`sonic.zoo`), a plumbing check in seconds.
+weights (`sonic.tools.random_models`: timing does not depend on weight values); `--models DIR` uses
+real weights. On the CPU the default is the tiny zoo (`sonic.tools.zoo`), a plumbing check in seconds.
 
 Method (see benchmarks/README.md): warm-up runs (2 denoising steps each: compilation, kernel
 selection and allocator growth) are excluded; each of `--repeats` measured runs is timed stage by
@@ -18,331 +18,32 @@ counted with `torch.utils.flop_counter.FlopCounterMode` on a meta-device copy of
 MFU = FLOPs x calls / sampling seconds / the device's dense peak for the dtype.
 """
 
+
 from __future__ import annotations
 
-import argparse
-import contextlib
 import datetime as _dt
 import json
-import math
-import os
-import platform
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from .config import SAMPLE_RATE, SIZE_MULTIPLE, SonicConfig
-from .errors import DeviceMemoryError, ParameterError, SonicError
-
-SCHEMA = "sonic-bench/1"
-STAGES = ("prepare", "audio", "conditioning", "sampling", "decode", "interpolation", "encode_mux")
-ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
-MEMORY_POLICIES = ("keep", "offload", "lowvram")
-SIZES = ("auto", "tiny", "full")
-NUM_BRANCHES = 3  # uncond, appearance, audio: one batched UNet call per window
-WARMUP_STEPS = 2
-GB = 1e9
-
-# Dense (no sparsity) tensor-core peaks in TFLOP/s from the vendors' datasheets, matched against
-# torch.cuda.get_device_name() in order (first match wins). "tf32" applies to fp32 when
-# torch.backends.cuda.matmul.allow_tf32 is on. Override with --peak-tflops.
-PEAK_TFLOPS: tuple[tuple[tuple[str, ...], dict[str, float]], ...] = (
-    (("H200",), {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    (("H100", "PCIE"), {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2}),
-    (("H100", "NVL"), {"bf16": 835.0, "fp16": 835.0, "tf32": 417.5, "fp32": 60.0}),
-    (("H100",), {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # SXM / HBM3
-    (("A100",), {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
-    (("L40S",), {"bf16": 362.1, "fp16": 362.1, "tf32": 183.0, "fp32": 91.6}),
-    (("L4",), {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
-    (("A10G",), {"bf16": 70.0, "fp16": 70.0, "tf32": 35.0, "fp32": 31.2}),
-    (("A10",), {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),
-)
-
-
-# ------------------------------------------------------------------------------------ settings
-@dataclass(frozen=True)
-class BenchSettings:
-    """One benchmark configuration. None fields take the defaults of the size ("full" or "tiny")."""
-
-    device: str = "auto"
-    size: str = "auto"  # auto: full-size random weights on CUDA, the tiny zoo elsewhere
-    models: str | None = None  # a real weights folder instead of random/tiny models
-    resolution: int | None = None  # pixels, model input side (square portrait)
-    audio_seconds: float | None = None  # seconds of synthetic speech
-    steps: int | None = None  # denoising steps
-    dtype: str = "auto"
-    attention: str = "auto"  # SDPA backend for the UNet
-    compile: bool = False  # torch.compile the UNet
-    compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune"
-    memory_policy: str = "keep"
-    repeats: int | None = None  # measured runs (medians reported)
-    warmup: int = 1  # excluded runs of WARMUP_STEPS steps
-    decode_chunk_size: int | None = None  # None: the config's (8, the official value)
-    interpolate: bool = True
-    x264_preset: str = "medium"  # what write_mp4 uses by default
-    seed: int = 0
-    peak_tflops: float | None = None  # override the device's peak for MFU
-    threads: int | None = None  # torch CPU threads (None: torch's default)
-    json_path: str | None = None
-    keep_video: str | None = None  # keep the last measured MP4 here
-    flops_only: bool = False
-    command: str = ""
-
-    def resolved_size(self, device: torch.device) -> str:
-        if self.models is not None:
-            return "real"
-        if self.size != "auto":
-            return self.size
-        return "full" if device.type == "cuda" else "tiny"
-
-    def with_defaults(self, size: str) -> "BenchSettings":
-        full = size in ("full", "real")
-        defaults = dict(resolution=512 if full else 64, audio_seconds=10.0 if full else 2.0,
-                        steps=25 if full else 2, repeats=3 if full else 2)
-        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
-
-    def validate(self) -> "BenchSettings":
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ParameterError(message)
-
-        need(self.size in SIZES, f"--size must be one of {SIZES}, got {self.size!r}")
-        need(self.attention in ATTENTION_BACKENDS, f"--attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
-        need(self.memory_policy in MEMORY_POLICIES,
-             f"--memory-policy must be one of {MEMORY_POLICIES}, got {self.memory_policy!r}")
-        if self.resolution is not None:
-            need(SIZE_MULTIPLE <= self.resolution <= 2048 and self.resolution % SIZE_MULTIPLE == 0,
-                 f"--resolution must be a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and 2048 pixels "
-                 f"(512, 768 or 1024 for the real model), got {self.resolution}")
-        if self.audio_seconds is not None:
-            need(math.isfinite(self.audio_seconds) and 0.2 <= self.audio_seconds <= 600,
-                 f"--audio-seconds must be between 0.2 and 600, got {self.audio_seconds}")
-        if self.steps is not None:
-            need(1 <= self.steps <= 1000, f"--steps must be between 1 and 1000, got {self.steps}")
-        if self.repeats is not None:
-            need(1 <= self.repeats <= 100, f"--repeats must be between 1 and 100, got {self.repeats}")
-        need(self.threads is None or 1 <= self.threads <= 1024, f"--threads must be positive, got {self.threads}")
-        need(0 <= self.warmup <= 10, f"--warmup must be between 0 and 10, got {self.warmup}")
-        need(self.peak_tflops is None or self.peak_tflops > 0, f"--peak-tflops must be positive, got {self.peak_tflops}")
-        if self.decode_chunk_size is not None:
-            need(1 <= self.decode_chunk_size <= 1000,
-                 f"--decode-chunk-size must be between 1 and 1000, got {self.decode_chunk_size}")
-        if self.models is not None:
-            need(Path(self.models).expanduser().is_dir(), f"--models {self.models} is not a folder")
-        return self
-
-
-# ------------------------------------------------------------------------------------ inputs
-def synthetic_speech(seconds: float, *, sample_rate: int = SAMPLE_RATE, seed: int = 0) -> np.ndarray:
-    """Speech-like float32 mono audio: a gliding voiced source with two formant-like partials,
-    syllable-rate (4 Hz) amplitude modulation, short pauses and a little breath noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
-    pitch = 140 + 25 * np.sin(2 * np.pi * 0.7 * t) + 10 * np.sin(2 * np.pi * 2.3 * t)
-    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
-    voice = sum(amp * np.sin(k * phase) for k, amp in ((1, 0.5), (2, 0.25), (3, 0.15), (5, 0.08)))
-    formant = 0.12 * np.sin(2 * np.pi * (700 + 300 * np.sin(2 * np.pi * 4 * t)) * t)
-    syllables = np.clip(np.sin(2 * np.pi * 4.0 * t + 0.3 * np.sin(2 * np.pi * 0.5 * t)), 0, None) ** 0.7
-    pauses = (np.sin(2 * np.pi * 0.25 * t) > -0.8).astype(np.float64)
-    signal = (voice + formant) * syllables * pauses + 0.01 * rng.standard_normal(t.size)
-    return (0.5 * signal / max(np.abs(signal).max(), 1e-6)).astype(np.float32)
-
-
-def synthetic_portrait(size: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """A size x size uint8 RGB picture with a face-like oval, and that oval's box (pixels)."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    img = np.empty((size, size, 3), np.float32)
-    img[...] = np.stack([0.25 + 0.2 * yy, 0.3 + 0.1 * xx, 0.45 - 0.1 * yy], -1)
-    face = ((xx - 0.5) / 0.22) ** 2 + ((yy - 0.5) / 0.3) ** 2 <= 1
-    img[face] = (0.85, 0.68, 0.58)
-    for cx in (0.42, 0.58):  # eyes
-        img[((xx - cx) / 0.03) ** 2 + ((yy - 0.43) / 0.015) ** 2 <= 1] = (0.15, 0.1, 0.1)
-    img[((xx - 0.5) / 0.07) ** 2 + ((yy - 0.64) / 0.02) ** 2 <= 1] = (0.6, 0.2, 0.25)  # mouth
-    box = (0.28 * size, 0.2 * size, 0.72 * size, 0.8 * size)
-    return (img * 255).round().astype(np.uint8), box
-
-
-# ------------------------------------------------------------------------------------ measuring
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class StageClock:
-    """Wall time per stage: `lap(name)` synchronises the device and books the time since the last lap."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.seconds: dict[str, float] = {}
-        self._last = 0.0
-
-    def start(self) -> None:
-        synchronize(self.device)
-        self._last = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        synchronize(self.device)
-        now = time.perf_counter()
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
-        self._last = now
-
-    def add(self, stage: str, seconds: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-
-
-class TimedIterator:
-    """Wraps a chunk iterator and adds up the wall time spent inside its `next()` (seconds) and
-    the frames it yielded. In a chain of generators, a stage's own time is its total minus its
-    source's total. Chunks are CPU tensors, so a device is already synchronised at each yield."""
-
-    def __init__(self, source: Iterable[torch.Tensor]):
-        self._source = iter(source)
-        self.seconds = 0.0
-        self.frames = 0
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        start = time.perf_counter()
-        try:
-            chunk = next(self._source)
-        finally:
-            self.seconds += time.perf_counter() - start
-        self.frames += int(chunk.shape[0])
-        return chunk
-
-
-def current_rss_bytes() -> int | None:
-    """Resident set size of this process (Linux /proc; None elsewhere)."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-class HostMemoryMonitor:
-    """Peak resident host memory while active, sampled every `interval` seconds in a thread."""
-
-    def __init__(self, interval: float = 0.02):
-        self.interval = interval
-        self.peak = current_rss_bytes() or 0
-        self.start_bytes = self.peak
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, current_rss_bytes() or 0)
-
-    def __enter__(self) -> "HostMemoryMonitor":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, current_rss_bytes() or 0)
-
-
-@contextlib.contextmanager
-def attention_backend(name: str, device: torch.device):
-    """Restrict PyTorch SDPA to one backend ("auto" leaves PyTorch's own choice)."""
-    if name == "auto":
-        yield
-        return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
-    with sdpa_kernel([backend]):
-        yield
-
-
-def check_attention_backend(name: str, device: torch.device) -> None:
-    """Refuse backends the device does not have, before any heavy work."""
-    if name in ("efficient", "cudnn") and device.type != "cuda":
-        raise ParameterError(f"--attention {name} needs a CUDA GPU; on {device.type} use auto, flash or math")
-
-
-@torch.no_grad()
-def count_unet_flops(unet, *, latent_height: int, latent_width: int, frames: int, tokens: int,
-                     batch: int = NUM_BRANCHES, dtype: torch.dtype = torch.bfloat16) -> int:
-    """Floating-point operations (a multiply-add counts 2) of ONE Sonic UNet call: `batch` branches x
-    `frames` frames of latent_height x latent_width cells, `tokens` audio tokens per frame, with a face
-    mask, counted with `FlopCounterMode`.
-
-    unet: a UNet config dict (a random UNet is built on the meta device in `dtype`: no memory, no
-    arithmetic) or a `SonicUNet` (run as is on its device). On the meta device SDPA decomposes into
-    matrix products, which the counter sees; a CPU run would hide the attention inside the CPU flash
-    kernel, which the counter does not know (run it under the MATH backend to compare).
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    if not isinstance(unet, torch.nn.Module):
-        from .models.unet import build_sonic_unet
-
-        with torch.device("meta"):
-            unet = torch.nn.Module.to(build_sonic_unet(unet), dtype)
-    device, dtype = unet.device, unet.dtype
-    width = unet.context_dim
-    num_ids = unet.add_embedding.linear_1.in_features // unet.add_time_proj.num_channels
-
-    def zeros(*shape, kind=dtype):
-        return torch.zeros(shape, device=device, dtype=kind)
-
-    args = (zeros(batch, frames, unet.conv_in.in_channels, latent_height, latent_width),
-            torch.tensor(0.5, device=device), zeros(batch * frames, 1, width), zeros(batch * frames, tokens, width),
-            zeros(batch, num_ids), zeros(1, 1, 8 * latent_height, 8 * latent_width, kind=torch.float32))
-    counter = FlopCounterMode(display=False)
-    with counter:
-        unet(*args)
-    return int(counter.get_total_flops())
-
-
-def device_peak_tflops(device: torch.device, dtype: torch.dtype) -> tuple[float | None, str]:
-    """(dense peak TFLOP/s for dtype, device name); peak None when unknown (CPU, unlisted GPU)."""
-    if device.type != "cuda":
-        return None, platform.processor() or platform.machine()
-    name = torch.cuda.get_device_name(device)
-    key = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype)
-    if key is None:
-        key = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
-    upper = name.upper()
-    for words, peaks in PEAK_TFLOPS:
-        if all(w in upper for w in words):
-            return peaks[key], name
-    return None, name
-
-
-def git_commit() -> str | None:
-    """The checkout's commit (with "+dirty" when files differ), or None outside a git checkout."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
+from ..config import SAMPLE_RATE, SonicConfig
+from ..errors import ParameterError
+from .bench_measure import (HostMemoryMonitor, StageClock, TimedIterator, attention_backend, check_attention_backend,
+                            count_unet_flops, device_peak_tflops, git_commit, synthetic_portrait, synthetic_speech)
+from .bench_settings import GB, NUM_BRANCHES, PEAK_TFLOPS, SCHEMA, STAGES, WARMUP_STEPS, BenchSettings
 
 
 # ------------------------------------------------------------------------------------ pipeline
 def build_pipeline(settings: BenchSettings, device: torch.device, dtype: torch.dtype, size: str, workdir: Path):
     """The pipeline under test: real weights, full-size random weights or the tiny zoo."""
-    from .pipeline import SonicPipeline
+    from ..pipeline import SonicPipeline
 
     policy = settings.memory_policy
     if size == "real":
@@ -378,8 +79,8 @@ def expected_resident(policy: str, stage: str) -> tuple[set[str], set[str]]:
 def run_once(pipe, settings: BenchSettings, image, face_box, wave: np.ndarray, steps: int, video_path: Path,
              device: torch.device) -> dict[str, Any]:
     """One generation with per-stage timing; returns the run's record."""
-    from .pipeline import soundtrack_for
-    from .video import write_mp4
+    from ..pipeline import soundtrack_for
+    from ..media.video import write_mp4
 
     clock = StageClock(device)
     placement: dict[str, dict] = {}
@@ -431,7 +132,7 @@ def run_once(pipe, settings: BenchSettings, image, face_box, wave: np.ndarray, s
     if settings.interpolate:
         interpolated = last = TimedIterator(pipe.interpolate_iter(decoded, total=generated, callback=on_progress))
     fps = job.timeline.output_fps(settings.interpolate)
-    # N generated frames, 2N after RIFE (see sonic.interpolate): the soundtrack is cut to match.
+    # N generated frames, 2N after RIFE (see sonic.diffusion.interpolate): the soundtrack is cut to match.
     output_frames = generated * (2 if settings.interpolate else 1)
     start = time.perf_counter()
     write_mp4(video_path, last, fps=fps, audio=soundtrack_for(job, output_frames / fps),
@@ -482,7 +183,7 @@ def placement_record(pipe, stage: str, device: torch.device) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ the benchmark
 def run_benchmark(settings: BenchSettings, *, log=print) -> dict[str, Any]:
     """Run the benchmark described by `settings`; returns the JSON report (also written to json_path)."""
-    from .devices import resolve_device, resolve_dtype
+    from ..devices import resolve_device, resolve_dtype
 
     settings = settings.validate()
     if settings.flops_only:
@@ -662,64 +363,3 @@ def format_table(report: dict) -> str:
               f"   peak host memory: {fmt(report['peak_host_memory_gb'], '.2f', ' GB')}"
               f"   placement as documented: {report['placement_ok']}"]
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------ command line
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sonic bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
-    p.add_argument("--json", dest="json_path", metavar="OUT.json", help="write the full report here")
-    p.add_argument("--size", default="auto", choices=SIZES,
-                   help="full-size random models or the tiny zoo (auto: full on CUDA, tiny elsewhere)")
-    p.add_argument("--models", metavar="DIR", help="real weights folder (official or ComfyUI layout) instead")
-    p.add_argument("--resolution", type=int, help="model input side in pixels (full: 512, 768, 1024; default 512, tiny 64)")
-    p.add_argument("--audio-seconds", type=float, help="seconds of synthetic speech (default 10, tiny 2)")
-    p.add_argument("--steps", type=int, help="denoising steps (default 25, tiny 2)")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs that have it), fp32, bf16, fp16")
-    p.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="SDPA backend for the UNet")
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (compilation is in the warm-up)")
-    p.add_argument("--compile-mode", help="torch.compile mode, e.g. max-autotune")
-    p.add_argument("--memory-policy", default="keep", choices=MEMORY_POLICIES)
-    p.add_argument("--repeats", type=int, help="measured runs, medians reported (default 3, tiny 2)")
-    p.add_argument("--warmup", type=int, default=1, help=f"excluded warm-up runs of {WARMUP_STEPS} steps (default 1)")
-    p.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode call (default 8, the official value)")
-    p.add_argument("--no-interpolate", dest="interpolate", action="store_false", help="skip RIFE (12.5 fps)")
-    p.add_argument("--x264-preset", default="medium", help="x264 preset of the MP4 writer (default medium)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--peak-tflops", type=float, help="device peak for MFU when the GPU is not in the table")
-    p.add_argument("--keep-video", metavar="OUT.mp4", help="keep the last measured video")
-    p.add_argument("--flops-only", action="store_true",
-                   help="only count the full-size UNet FLOPs per call at --resolution (meta device, no GPU)")
-    return p
-
-
-def settings_from_args(argv: list[str]) -> BenchSettings:
-    args = vars(build_parser().parse_args(argv))
-    return BenchSettings(command="python -m sonic bench " + " ".join(argv), **args).validate()
-
-
-def bench_command(argv: list[str]) -> int:
-    """Entry point of `python -m sonic bench`; returns the exit status (0 ok, 2 bad input or failure)."""
-    try:
-        settings = settings_from_args(list(argv))
-        report = run_benchmark(settings, log=lambda msg: print(msg, file=sys.stderr))
-    except SystemExit as exc:  # argparse: --help or a usage error (already printed)
-        return int(exc.code or 0)
-    except DeviceMemoryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except torch.OutOfMemoryError:
-        print("error: the device ran out of memory while building or running the models; try "
-              "--memory-policy lowvram, a smaller --resolution or --dtype bf16", file=sys.stderr)
-        return 2
-    except SonicError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if settings.flops_only:
-        return 0
-    print(format_table(report))
-    if settings.json_path:
-        print(f"report written to {settings.json_path}")
-    return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 
 def _check_layout(num_frames: int, step_index: int, frames_per_window: int, overlap: int, shift_offset: int) -> None:

@@ -24,8 +24,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .config import SonicConfig
-from .errors import ParameterError
+from ..config import SonicConfig
+from ..errors import ParameterError
 from .schedule import Schedule, add_noise, euler_step, scale_model_input
 from .windows import all_step_indices, frame_counts
 

@@ -18,7 +18,6 @@ accepted (UI ones are converted with the server's `/object_info`, see `ui_to_api
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import hashlib
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ParameterError, SonicError
+from ..errors import ParameterError, SonicError
 
 IMAGE_LOADERS = {"SonicImageLoader": "image", "LoadImage": "image"}
 AUDIO_LOADERS = {"SonicAudioLoader": "audio", "LoadAudio": "audio"}
@@ -649,54 +648,3 @@ def load_workflow(path: Path, client: ComfyClient) -> tuple[dict, dict | None]:
     if isinstance(data, dict) and data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
         return data, None
     raise ParameterError(f"{path} is neither an API-format nor a UI-format ComfyUI workflow")
-
-
-# ============================================================================== CLI
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sonic queue",
-                                     description="Queue Sonic jobs on a running ComfyUI server and download the MP4s.")
-    parser.add_argument("--server", required=True, help="ComfyUI URL, e.g. http://127.0.0.1:8188")
-    parser.add_argument("--workflow", required=True, help="workflow JSON (API or UI format), e.g. workflows/api/sonic_fast.json")
-    parser.add_argument("--image", help="portrait for a single job")
-    parser.add_argument("--audio", help="speech for a single job")
-    parser.add_argument("--jobs", help="CSV (image,audio[,name]) or JSON list of jobs instead of --image/--audio")
-    parser.add_argument("--out", required=True, help="folder for the downloaded videos (created if missing)")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a widget input on every node that has it (repeatable)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_JOB_TIMEOUT, help="seconds allowed per job")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
-
-
-def queue_command(argv: list[str]) -> int:
-    """Entry point of `python -m sonic queue`; returns 0 when every job succeeded, 1 otherwise."""
-    args = build_parser().parse_args(argv)
-    if args.jobs and (args.image or args.audio):
-        raise ParameterError("use either --jobs or --image/--audio, not both")
-    if args.jobs:
-        jobs = read_jobs(Path(args.jobs))
-    elif args.image and args.audio:
-        image, audio = Path(args.image), Path(args.audio)
-        jobs = [Job(image, audio, f"{image.stem}__{audio.stem}")]
-    else:
-        raise ParameterError("give --image and --audio for one job, or --jobs FILE for many")
-    if not jobs:
-        raise ParameterError(f"the jobs file {args.jobs} lists no jobs")
-    overrides = parse_set_options(args.set)
-    client = ComfyClient(args.server)
-    client.get_json("/system_stats")  # fail fast, before any upload, when the server is not there
-    prompt, ui_workflow = load_workflow(Path(args.workflow), client)
-    apply_overrides(prompt, overrides)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    runner = JobRunner(client, prompt, ui_workflow, out_dir, job_timeout=args.timeout, progress=not args.quiet)
-    results = []
-    for number, job in enumerate(jobs, 1):
-        result = runner.run(job)
-        results.append(result)
-        mark = "ok  " if result.ok else "FAIL"
-        print(f"[{number}/{len(jobs)}] {mark} {job.name} ({result.seconds:.1f} s): {result.message}", flush=True)
-    failed = [r for r in results if not r.ok]
-    print(f"{len(results) - len(failed)} of {len(results)} jobs succeeded" + (f", {len(failed)} failed" if failed else ""))
-    return 1 if failed else 0

@@ -32,24 +32,21 @@ test checkpoints go through the same code.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 
-from .errors import WeightsError
-from .models.image_models import clip_vision_values
+from ..errors import WeightsError
+from ..models.image_models import clip_vision_values
+from .svd_single_file_config import SHOWN_KEYS, SINGLE_FILE_HINT, infer_clip_config, infer_vae_config
 
 VAE_PREFIX = "first_stage_model."
 COND_ENCODER_PREFIX = "conditioner.embedders.3.encoder."
 CLIP_PREFIX = "conditioner.embedders.0.open_clip.model.visual."
 READ_PREFIXES = (VAE_PREFIX, COND_ENCODER_PREFIX, CLIP_PREFIX)
 
-_SHOW = 8  # keys listed in an error message
-_HINT = ("use Stability's svd_xt.safetensors / svd_xt_1_1.safetensors unchanged, or the diffusers folder "
-         "stabilityai/stable-video-diffusion-img2vid-xt (vae/ and image_encoder/)")
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -61,8 +58,8 @@ def is_needed_key(key: str) -> bool:
 
 def _listing(keys: Iterable[str]) -> str:
     keys = sorted(keys)
-    more = f" ... ({len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
-    return ", ".join(keys[:_SHOW]) + more
+    more = f" ... ({len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
+    return ", ".join(keys[:SHOWN_KEYS]) + more
 
 
 # --- transforms -----------------------------------------------------------------------------
@@ -207,12 +204,12 @@ def _convert(state_dict: Mapping[str, torch.Tensor], keys: list[str], prefix: st
         tensor = state_dict[key]  # read only what is used (lazy mappings stay cheap)
         for target, transform in targets:
             if target in out:
-                raise WeightsError(f"{what}: two checkpoint keys map to '{target}' (the last one is {key}); {_HINT}")
+                raise WeightsError(f"{what}: two checkpoint keys map to '{target}' (the last one is {key}); {SINGLE_FILE_HINT}")
             out[target] = transform(tensor)
     if unknown:
         raise WeightsError(f"{what}: {len(unknown)} key(s) of the SVD checkpoint are not understood: "
                            f"{_listing(unknown)}; this is not an SVD(-xt) checkpoint in the original layout, "
-                           f"or a variant we do not support; {_HINT}")
+                           f"or a variant we do not support; {SINGLE_FILE_HINT}")
     return out
 
 
@@ -223,7 +220,7 @@ def _under(keys: Iterable[str], prefix: str) -> list[str]:
 def _split_vae(state_dict: Mapping[str, torch.Tensor], keys: list[str]) -> dict[str, torch.Tensor]:
     vae_keys = _under(keys, VAE_PREFIX)
     if not vae_keys:
-        raise WeightsError(f"the SVD checkpoint has no VAE (no '{VAE_PREFIX}*' keys); {_HINT}")
+        raise WeightsError(f"the SVD checkpoint has no VAE (no '{VAE_PREFIX}*' keys); {SINGLE_FILE_HINT}")
     decoder_keys = [k for k in vae_keys if k.startswith(VAE_PREFIX + "decoder.")]
     other_keys = [k for k in vae_keys if not k.startswith(VAE_PREFIX + "decoder.")]
     up_levels = len({re.match(r"decoder\.up\.(\d+)\.", k[len(VAE_PREFIX):]).group(1)
@@ -231,7 +228,7 @@ def _split_vae(state_dict: Mapping[str, torch.Tensor], keys: list[str]) -> dict[
     decoder = _convert(state_dict, decoder_keys, VAE_PREFIX, lambda k: _map_decoder_key(k, up_levels), "SVD VAE decoder")
     if not any(k.endswith("time_conv_out.weight") for k in decoder):
         raise WeightsError(f"the VAE of this checkpoint has no temporal decoder (no 'decoder.conv_out.time_mix_conv' "
-                           f"key): it is an image VAE, not SVD's video VAE; {_HINT}")
+                           f"key): it is an image VAE, not SVD's video VAE; {SINGLE_FILE_HINT}")
     first_stage_encoder = _convert(state_dict, other_keys, VAE_PREFIX, _map_encoder_key, "SVD VAE encoder")
 
     cond_keys = _under(keys, COND_ENCODER_PREFIX)
@@ -254,59 +251,11 @@ def _split_clip(state_dict: Mapping[str, torch.Tensor], keys: list[str]) -> dict
     clip_keys = _under(keys, CLIP_PREFIX)
     if not clip_keys:
         raise WeightsError(f"the checkpoint has no CLIP image encoder (no '{CLIP_PREFIX}*' keys): it is not an SVD "
-                           f"image-to-video checkpoint; {_HINT}")
+                           f"image-to-video checkpoint; {SINGLE_FILE_HINT}")
     return _convert(state_dict, clip_keys, CLIP_PREFIX, _map_clip_key, "SVD CLIP image encoder")
 
 
 # --- target checking ------------------------------------------------------------------------
-
-def _shape(state: Mapping[str, torch.Tensor], key: str, what: str) -> tuple[int, ...]:
-    if key not in state:
-        raise WeightsError(f"{what}: the checkpoint lacks the weights for '{key}'; {_HINT}")
-    return tuple(state[key].shape)
-
-
-def infer_vae_config(vae_state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """A diffusers `AutoencoderKLTemporalDecoder` config read from converted weights' shapes."""
-    what = "SVD VAE"
-    levels = sorted({int(m.group(1)) for k in vae_state_dict if (m := re.match(r"encoder\.down_blocks\.(\d+)\.", k))})
-    if not levels:
-        raise WeightsError(f"{what}: the checkpoint has no encoder blocks; {_HINT}")
-    layers = len({k.split(".")[4] for k in vae_state_dict if k.startswith("encoder.down_blocks.0.resnets.")})
-    return {
-        "in_channels": _shape(vae_state_dict, "encoder.conv_in.weight", what)[1],
-        "out_channels": _shape(vae_state_dict, "decoder.conv_out.weight", what)[0],
-        "down_block_types": ["DownEncoderBlock2D"] * len(levels),
-        "block_out_channels": [_shape(vae_state_dict, f"encoder.down_blocks.{i}.resnets.0.conv1.weight", what)[0]
-                               for i in levels],
-        "layers_per_block": layers,
-        "latent_channels": _shape(vae_state_dict, "decoder.conv_in.weight", what)[1],
-    }
-
-
-def infer_clip_config(clip_state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """A `CLIPVisionConfig` dict read from converted weights' shapes.
-
-    The head count does not change any key or shape, so it cannot be read back: 1 is used here,
-    which is enough to check names and shapes; build the model from SVD-xt's real
-    `image_encoder/config.json` (16 heads for ViT-H/14).
-    """
-    what = "SVD CLIP image encoder"
-    hidden = _shape(clip_state_dict, "vision_model.embeddings.class_embedding", what)[0]
-    patch = _shape(clip_state_dict, "vision_model.embeddings.patch_embedding.weight", what)[-1]
-    positions = _shape(clip_state_dict, "vision_model.embeddings.position_embedding.weight", what)[0]
-    side = math.isqrt(positions - 1)
-    if side * side != positions - 1:
-        raise WeightsError(f"{what}: {positions} position embeddings is not 1 + a square number of patches; {_HINT}")
-    layers = len({k.split(".")[3] for k in clip_state_dict if k.startswith("vision_model.encoder.layers.")})
-    return {
-        "model_type": "clip_vision_model", "hidden_size": hidden, "num_hidden_layers": layers,
-        "num_attention_heads": 1, "patch_size": patch, "image_size": side * patch,
-        "intermediate_size": _shape(clip_state_dict, "vision_model.encoder.layers.0.mlp.fc1.weight", what)[0],
-        "projection_dim": _shape(clip_state_dict, "visual_projection.weight", what)[0],
-        "num_channels": _shape(clip_state_dict, "vision_model.embeddings.patch_embedding.weight", what)[1],
-    }
-
 
 def _check_against(produced: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], what: str) -> None:
     missing = set(expected) - set(produced)
@@ -317,12 +266,12 @@ def _check_against(produced: Mapping[str, torch.Tensor], expected: Mapping[str, 
             parts.append(f"{len(missing)} missing: {_listing(missing)}")
         if extra:
             parts.append(f"{len(extra)} not expected: {_listing(extra)}")
-        raise WeightsError(f"{what} weights from the SVD checkpoint do not match the model ({'; '.join(parts)}); {_HINT}")
+        raise WeightsError(f"{what} weights from the SVD checkpoint do not match the model ({'; '.join(parts)}); {SINGLE_FILE_HINT}")
     wrong = [f"{k} {tuple(produced[k].shape)} != {tuple(expected[k].shape)}" for k in sorted(expected)
              if tuple(produced[k].shape) != tuple(expected[k].shape)]
     if wrong:
         raise WeightsError(f"{what} weights from the SVD checkpoint have wrong shapes ({len(wrong)}): "
-                           f"{', '.join(wrong[:_SHOW])}; {_HINT}")
+                           f"{', '.join(wrong[:SHOWN_KEYS])}; {SINGLE_FILE_HINT}")
 
 
 def _expected_state(build: Callable[[], torch.nn.Module]) -> dict[str, torch.Tensor]:
@@ -364,194 +313,3 @@ def split_svd_single_file(state_dict: Mapping[str, torch.Tensor], *, vae_config:
     expected_clip = _expected_state(lambda: CLIPVisionModelWithProjection(CLIPVisionConfig.from_dict(clip_values)))
     _check_against(clip, expected_clip, "SVD CLIP image encoder")
     return vae, clip
-
-
-# --- configs for a single file --------------------------------------------------------------
-
-_VAE_SHAPE_FIELDS = ("in_channels", "out_channels", "down_block_types", "block_out_channels", "layers_per_block",
-                     "latent_channels")
-_CLIP_SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "patch_size", "image_size", "intermediate_size",
-                      "projection_dim", "num_channels")
-_OPEN_CLIP_HEAD_WIDTH = 64  # OpenCLIP's default width per attention head
-
-
-def _vae_defaults() -> dict[str, Any]:
-    import inspect
-
-    from diffusers import AutoencoderKLTemporalDecoder
-
-    return {name: p.default for name, p in inspect.signature(AutoencoderKLTemporalDecoder.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty}
-
-
-def _clip_vision_part(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The vision config of a CLIPVisionConfig dict or of a full CLIPConfig dict, with defaults filled in."""
-    from transformers import CLIPVisionConfig
-
-    return {**CLIPVisionConfig().to_dict(), **clip_vision_values(config)}
-
-
-def _differences(inferred: Mapping[str, Any], reference: Mapping[str, Any], fields: Iterable[str]) -> list[str]:
-    def plain(value):
-        return list(value) if isinstance(value, (list, tuple)) else value
-
-    return [f"{name} {plain(inferred[name])} (config: {plain(reference.get(name))})" for name in fields
-            if plain(inferred[name]) != plain(reference.get(name))]
-
-
-def _reconcile(inferred: dict[str, Any], reference: dict[str, Any], fields: tuple[str, ...], *, what: str,
-               reference_is_builtin: bool, full_size: bool) -> dict[str, Any] | None:
-    """The reference config when the shapes agree with it; None for a reduced (test-size) model.
-
-    A disagreement with a config of the user's own, or with SVD-xt's when the file is full size,
-    means a damaged or different model: an error naming the fields.
-    """
-    differences = _differences(inferred, reference, fields)
-    if not differences:
-        return dict(reference)
-    if reference_is_builtin and not full_size:
-        return None
-    source = "SVD-xt's configuration" if reference_is_builtin else "the SVD folder's config.json"
-    raise WeightsError(f"the {what} in the SVD checkpoint does not have the shapes of {source}: "
-                       f"{'; '.join(differences[:_SHOW])}. The file is damaged or is not SVD-xt; {_HINT}")
-
-
-def _reduced_clip_heads(hidden: int, reference: Mapping[str, Any]) -> int:
-    """Attention heads of a CLIP narrower than the reference: no tensor shape records them."""
-    reference_width = int(reference["hidden_size"]) // int(reference["num_attention_heads"])
-    for width in (reference_width, _OPEN_CLIP_HEAD_WIDTH):
-        if hidden % width == 0:
-            return hidden // width
-    raise WeightsError(f"the SVD checkpoint's CLIP image encoder is {hidden} wide, which is not SVD-xt's ViT-H/14, "
-                       f"and its attention-head count cannot be read from the tensors: put its config.json at "
-                       f"stable-video-diffusion-img2vid-xt/image_encoder/config.json beside the Sonic files; {_HINT}")
-
-
-def single_file_configs(vae_state_dict: Mapping[str, torch.Tensor], clip_state_dict: Mapping[str, torch.Tensor], *,
-                        vae_reference: Mapping[str, Any], clip_reference: Mapping[str, Any],
-                        vae_reference_is_builtin: bool = True, clip_reference_is_builtin: bool = True
-                        ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The (VAE, CLIP) configs to build the models of a single-file checkpoint (split already).
-
-    The shapes come from the tensors (`infer_vae_config` / `infer_clip_config`). The reference
-    configs (an SVD folder's, else the built-in SVD-xt ones: say which with the `*_is_builtin`
-    flags) give what no tensor records: CLIP's
-    attention-head count, norm epsilon, activation. A file with the reference's shapes gets the
-    reference config unchanged. A file narrower than the built-in SVD-xt (a test-size model)
-    keeps the reference's other fields, with the head width kept where it divides. Any other
-    disagreement (a full-size file, or a config of the user's own) raises `WeightsError`.
-    """
-    vae_inferred = infer_vae_config(vae_state_dict)
-    vae_ref = {**_vae_defaults(), **vae_reference}
-    vae_full_size = max(vae_inferred["block_out_channels"]) >= max(vae_ref["block_out_channels"])
-    vae_config = _reconcile(vae_inferred, vae_ref, _VAE_SHAPE_FIELDS, what="VAE",
-                            reference_is_builtin=vae_reference_is_builtin, full_size=vae_full_size)
-    if vae_config is None:
-        vae_config = {**vae_ref, **vae_inferred}
-
-    clip_inferred = infer_clip_config(clip_state_dict)
-    clip_ref = _clip_vision_part(clip_reference)
-    clip_config = _reconcile(clip_inferred, clip_ref, _CLIP_SHAPE_FIELDS, what="CLIP image encoder",
-                             reference_is_builtin=clip_reference_is_builtin,
-                             full_size=clip_inferred["hidden_size"] >= clip_ref["hidden_size"])
-    if clip_config is None:
-        heads = _reduced_clip_heads(clip_inferred["hidden_size"], clip_ref)
-        clip_config = {**clip_ref, **clip_inferred, "num_attention_heads": heads}
-    return vae_config, clip_config
-
-
-# --- writing a single file (the inverse mapping, for test-size checkpoints) ----------------
-
-_TO_SGM_RESNET = {new: old for old, new in _RESNET_SPATIAL.items()}
-_TO_SGM_TEMPORAL = {new: old for old, new in _RESNET_TEMPORAL.items()}
-_TO_SGM_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out": "proj_out"}
-_TO_SGM_CLIP_LAYER = {new: old for old, new in _CLIP_LAYER.items()}
-_TO_SGM_CLIP_FIXED = {"vision_model.embeddings.class_embedding": "class_embedding",
-                      "vision_model.embeddings.position_embedding.weight": "positional_embedding",
-                      "vision_model.embeddings.patch_embedding.weight": "conv1.weight",
-                      "vision_model.pre_layrnorm.weight": "ln_pre.weight",
-                      "vision_model.pre_layrnorm.bias": "ln_pre.bias",
-                      "vision_model.post_layernorm.weight": "ln_post.weight",
-                      "vision_model.post_layernorm.bias": "ln_post.bias"}
-
-
-def _sgm_resnet(head: str, rest: list[str]) -> str:
-    """A decoder video-resnet key tail (diffusers) under the SGM resnet name `head`."""
-    if rest[0] == "time_mixer":
-        return f"{head}.mix_factor"
-    if rest[0] == "spatial_res_block":
-        return f"{head}.{_TO_SGM_RESNET[rest[1]]}.{rest[2]}"
-    return f"{head}.time_stack.{_TO_SGM_TEMPORAL[rest[1]]}.{rest[2]}"
-
-
-def _sgm_vae_key(key: str, levels: int) -> str:
-    """diffusers `AutoencoderKLTemporalDecoder` key -> SGM key (without the model prefix)."""
-    parts = key.split(".")
-    side = parts[0]
-    if ".mid_block.attentions.0." in key:
-        return f"{side}.mid.attn_1.{_TO_SGM_ATTENTION[parts[4]]}.{parts[-1]}"
-    if key.startswith("encoder.down_blocks."):
-        if parts[3] == "downsamplers":
-            return f"encoder.down.{parts[2]}.downsample.conv.{parts[-1]}"
-        return f"encoder.down.{parts[2]}.block.{parts[4]}.{_TO_SGM_RESNET[parts[5]]}.{parts[6]}"
-    if key.startswith("encoder.mid_block.resnets."):
-        return f"encoder.mid.block_{int(parts[3]) + 1}.{_TO_SGM_RESNET[parts[4]]}.{parts[5]}"
-    if key.startswith("decoder.mid_block.resnets."):
-        return _sgm_resnet(f"decoder.mid.block_{int(parts[3]) + 1}", parts[4:])
-    if key.startswith("decoder.up_blocks."):
-        level = levels - 1 - int(parts[2])  # SGM counts decoder levels from the highest resolution
-        if parts[3] == "upsamplers":
-            return f"decoder.up.{level}.upsample.conv.{parts[-1]}"
-        return _sgm_resnet(f"decoder.up.{level}.block.{parts[4]}", parts[5:])
-    renames = {"conv_norm_out": "norm_out", "time_conv_out": "conv_out.time_mix_conv"}
-    if side in ("encoder", "decoder"):
-        return ".".join([side, renames.get(parts[1], parts[1]), *parts[2:]])
-    return key  # quant_conv.*
-
-
-def _sgm_clip(clip_state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers CLIP vision keys -> OpenCLIP visual keys (q/k/v fused, projection transposed)."""
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key, value in clip_state_dict.items():
-        if key == "visual_projection.weight":
-            out[CLIP_PREFIX + "proj"] = value.t().contiguous()
-        elif key in _TO_SGM_CLIP_FIXED:
-            out[CLIP_PREFIX + _TO_SGM_CLIP_FIXED[key]] = value
-        elif m := re.fullmatch(r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", key):
-            qkv.setdefault((m[1], m[3]), {})[m[2]] = value
-        elif m := re.fullmatch(r"vision_model\.encoder\.layers\.(\d+)\.([\w.]+)\.(weight|bias)", key):
-            out[f"{CLIP_PREFIX}transformer.resblocks.{m[1]}.{_TO_SGM_CLIP_LAYER[m[2]]}.{m[3]}"] = value
-        else:
-            raise WeightsError(f"CLIP image encoder key {key!r} has no place in the original SVD layout")
-    for (layer, param), parts in qkv.items():
-        out[f"{CLIP_PREFIX}transformer.resblocks.{layer}.attn.in_proj_{param}"] = \
-            torch.cat([parts["q"], parts["k"], parts["v"]])
-    return out
-
-
-def to_single_file_layout(vae_state_dict: Mapping[str, torch.Tensor], clip_state_dict: Mapping[str, torch.Tensor],
-                          *, encoder_place: str = "conditioner") -> dict[str, torch.Tensor]:
-    """The inverse of `split_svd_single_file`: diffusers VAE + transformers CLIP -> original layout.
-
-    Used to write test-size `svd_xt.safetensors` files. `encoder_place` "conditioner" puts the
-    VAE encoder (with its quant_conv) under `conditioner.embedders.3.encoder.` as in SVD-xt;
-    "first_stage" puts it under `first_stage_model.` without quant_conv, as SGM's video
-    autoencoder has none (only right when the quant_conv is the identity).
-    """
-    if encoder_place not in ("conditioner", "first_stage"):
-        raise ValueError(f"encoder_place must be 'conditioner' or 'first_stage', got {encoder_place!r}")
-    levels = len({k.split(".")[2] for k in vae_state_dict if k.startswith("decoder.up_blocks.")})
-    out: dict[str, torch.Tensor] = {}
-    for key, value in vae_state_dict.items():
-        name = _sgm_vae_key(key, levels)
-        if re.search(r"attn_1\.(q|k|v|proj_out)\.weight$", name):
-            value = value.reshape(*value.shape, 1, 1)  # LDM attention: 1x1 convolutions
-        if key.startswith("decoder."):
-            out[VAE_PREFIX + name] = value
-        elif encoder_place == "conditioner":
-            out[COND_ENCODER_PREFIX + name] = value
-        elif not key.startswith("quant_conv."):
-            out[VAE_PREFIX + name] = value
-    out.update(_sgm_clip(clip_state_dict))
-    return out

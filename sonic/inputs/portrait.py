@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import CLIP_MEAN, CLIP_SIZE, CLIP_STD, DEFAULT_MAX_IMAGE_PIXELS, SIZE_MULTIPLE
-from .errors import FaceNotFoundError, ImageError, ParameterError
+from ..config import CLIP_MEAN, CLIP_SIZE, CLIP_STD, DEFAULT_MAX_IMAGE_PIXELS, SIZE_MULTIPLE
+from ..errors import FaceNotFoundError, ImageError, ParameterError
 from .face_detectors import FaceBox, FaceDetector, HaarFaceDetector, select_face
 
 logger = logging.getLogger(__name__)

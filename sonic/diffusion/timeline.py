@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import AUDIO_FRAMES_PER_GENERATED_FRAME, SAMPLE_RATE, SAMPLES_PER_AUDIO_FRAME
-from .errors import AudioError, ParameterError
+from ..config import AUDIO_FRAMES_PER_GENERATED_FRAME, SAMPLE_RATE, SAMPLES_PER_AUDIO_FRAME
+from ..errors import AudioError, ParameterError
 
 MIN_AUDIO_SECONDS = 0.2  # s: shorter clips give at most one frame; the official code crashes below 80 ms
 DURATION_TOLERANCE_SECONDS = 0.1  # s: a requested duration this close to the audio length means "all of it"

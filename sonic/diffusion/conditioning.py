@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import BUCKET_SCALE, BUCKET_SHIFT
+from ..config import BUCKET_SCALE, BUCKET_SHIFT
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .errors import OutputError, ParameterError
-from .media_probe import SONIC_TAG_KEY, tail_lines, ffmpeg_exe, fraction_fps, probe
+from ..errors import OutputError, ParameterError
+from .probe import SONIC_TAG_KEY, tail_lines, ffmpeg_exe, fraction_fps, probe
 
 AI_NOTICE = "AI-generated video (synthetic talking head), made with Sonic for ComfyUI"
 # x264 presets, fastest to slowest; anything else is refused before encoding starts.
@@ -95,9 +95,9 @@ def build_metadata_tags(metadata: dict | None) -> dict[str, str]:
     `comment` holds one JSON object: `{"ai_generated": true, "notice": ..., "tool": "sonic",
     "version": ..., **metadata}` (the caller's keys, e.g. `parameters`, `image_sha256`,
     `audio_sha256`, must be JSON-serialisable). `description` repeats the notice in words for
-    players that show it. Read it back with `sonic.media_probe.read_sonic_tags`.
+    players that show it. Read it back with `sonic.media.probe.read_sonic_tags`.
     """
-    from . import __version__
+    from .. import __version__
 
     metadata = dict(metadata or {})
     record = {"ai_generated": True, "notice": AI_NOTICE, "tool": "sonic", "version": __version__}

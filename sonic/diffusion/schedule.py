@@ -17,7 +17,7 @@ from typing import Mapping, NamedTuple
 import numpy as np
 import torch
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 DEFAULT_SIGMA_MIN = 0.002  # EDM / SVD-xt values, used when the config omits them
 DEFAULT_SIGMA_MAX = 700.0
@@ -89,7 +89,7 @@ class Schedule(NamedTuple):
 
 def run_steps(steps: int, strength: float) -> int:
     """Steps actually run, `min(int(steps*strength), steps)`; `ParameterError` when that is 0."""
-    from .config import SonicConfig  # the one place that owns the rule and its message
+    from ..config import SonicConfig  # the one place that owns the rule and its message
 
     if not isinstance(steps, int) or isinstance(steps, bool):
         raise ParameterError(f"inference_steps must be an integer, got {steps!r}")

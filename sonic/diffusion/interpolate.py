@@ -20,8 +20,8 @@ from collections.abc import Iterable, Iterator
 import torch
 import torch.nn.functional as F
 
-from .errors import ParameterError
-from .models.rife import SIZE_MULTIPLE, IFNet
+from ..errors import ParameterError
+from ..models.rife import SIZE_MULTIPLE, IFNet
 
 
 def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -78,7 +78,7 @@ def iter_double_frame_rate(model: IFNet, frames: torch.Tensor | Iterable[torch.T
 
     Args:
         model: a loaded `IFNet`.
-        frames: [N, H, W, 3] in [0, 1], or an iterable of such chunks (e.g. `sonic.decode.decode_latents`).
+        frames: [N, H, W, 3] in [0, 1], or an iterable of such chunks (e.g. `sonic.diffusion.decode.decode_latents`).
             Chunks are consumed lazily; only `batch_size` + 1 input frames are held at a time.
         batch_size: frame pairs per RIFE call (memory vs speed on the device).
         device: where RIFE runs; moves the model there. None: leave the model where it is.

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from .config import TOKEN_WINDOW, TOKEN_WINDOW_LAYERS
-from .errors import ParameterError
-from .loading import parameters_on_meta
-from .weights.locate import BUILTIN_SVD_CONFIGS
+from ..config import TOKEN_WINDOW, TOKEN_WINDOW_LAYERS
+from ..errors import ParameterError
+from ..weights.loading import parameters_on_meta
+from ..weights.locate import BUILTIN_SVD_CONFIGS
 
 # whisper-tiny's config.json values the encoder uses (openai/whisper-tiny as released with Sonic).
 WHISPER_TINY_ENCODER = dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
@@ -50,12 +50,12 @@ def build_random_models(*, device="cpu", dtype: torch.dtype = torch.float32, see
         Whisper, the audio adapters and RIFE are fp32 as in the reference.
     interpolation: include RIFE. No face detector is built (give a face box, or OpenCV is used).
     """
-    from .models.audio_adapters import AudioToBucket, AudioToTokens
-    from .models.image_models import build_clip_image_encoder, build_vae
-    from .models.rife import IFNet
-    from .models.unet import build_sonic_unet
-    from .models.whisper import build_whisper_encoder
-    from .pipeline import SonicModels
+    from ..models.audio_adapters import AudioToBucket, AudioToTokens
+    from ..models.image_models import build_clip_image_encoder, build_vae
+    from ..models.rife import IFNet
+    from ..models.unet import build_sonic_unet
+    from ..models.whisper import build_whisper_encoder
+    from ..weights.loading import SonicModels
 
     device = torch.device(device)
     unet_config, clip_config = svd_config("unet"), svd_config("image_encoder")
@@ -107,7 +107,7 @@ def materialize(module: torch.nn.Module, device, *, seed: int = 0) -> torch.nn.M
     missing = [name for name, buf in module.named_buffers() if buf.is_meta]
     if missing:
         raise ParameterError(f"cannot give random values to buffers {missing[:3]} built on the meta device; "
-                             "build the module under sonic.loading.parameters_on_meta()")
+                             "build the module under sonic.weights.loading.parameters_on_meta()")
     module.to_empty(device=device)
     generator = torch.Generator(device=device).manual_seed(seed) if device.type in ("cpu", "cuda") else None
     for name, param in module.named_parameters():

@@ -1,6 +1,6 @@
 """Reading MP4 files back: stream facts (`probe`), the embedded Sonic tags, and decoded frames + audio.
 
-Used to verify what `sonic.video.write_mp4` produced (durations, sizes, tags) and by
+Used to verify what `sonic.media.video.write_mp4` produced (durations, sizes, tags) and by
 `python -m sonic check-sync` to measure any talking-head video. Everything goes through the
 ffmpeg binary bundled with `imageio-ffmpeg` (no ffprobe exists there, see DEPENDENCIES.md);
 `probe` prefers PyAV when it is installed because it reads container facts without decoding.
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SonicError
+from ..errors import SonicError
 
-# The comment tag `sonic.video.write_mp4` fills with a JSON object (see `read_sonic_tags`).
+# The comment tag `sonic.media.video.write_mp4` fills with a JSON object (see `read_sonic_tags`).
 SONIC_TAG_KEY = "comment"
 
 
@@ -181,7 +181,7 @@ def tail_lines(text: str, count: int = 5) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# tags written by sonic.video
+# tags written by sonic.media.video
 # --------------------------------------------------------------------------------------------
 
 def read_sonic_tags(path) -> dict | None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .errors import WeightsError
-from .weights import BUILTIN_SVD_CONFIGS, HINTS, ModelFiles, find_model_files, load_strict, load_torchscript, read_state_dict
+from ..errors import WeightsError
+from . import BUILTIN_SVD_CONFIGS, HINTS, ModelFiles, find_model_files, load_strict, load_torchscript, read_state_dict
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -43,11 +45,24 @@ def parameters_on_meta():
         torch.nn.Module.register_parameter = original
 
 
+@dataclass
+class SonicModels:
+    """The loaded networks. Optional ones are None when the run does not need them."""
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    image_encoder: torch.nn.Module
+    whisper: torch.nn.Module
+    audio2token: torch.nn.Module
+    audio2bucket: torch.nn.Module
+    scheduler_config: dict
+    rife: torch.nn.Module | None = None
+    face_detector: Any | None = None
+
+
 def load_models(models_dir, *, svd_checkpoint=None, need_face_detector: bool = False,
                 load_face_detector: bool = True, need_interpolation: bool = True):
     """Every model the pipeline needs, as a `SonicModels` (weights checked strictly)."""
-    from .pipeline import SonicModels
-
     files = find_model_files(models_dir, need_face_detector=need_face_detector,
                              need_interpolation=need_interpolation, svd_checkpoint=svd_checkpoint)
     whisper, whisper_width = load_whisper(files)
@@ -66,7 +81,7 @@ def load_models(models_dir, *, svd_checkpoint=None, need_face_detector: bool = F
 
 
 def load_unet(files: ModelFiles):
-    from .models.unet import build_sonic_unet
+    from ..models.unet import build_sonic_unet
 
     config = read_json(files.unet_config, "UNet")
     state = read_state_dict(files.unet, what="unet")
@@ -76,7 +91,7 @@ def load_unet(files: ModelFiles):
 
 
 def load_audio2token(files: ModelFiles):
-    from .models.audio_adapters import AudioToTokens
+    from ..models.audio_adapters import AudioToTokens
 
     state = read_state_dict(files.audio2token, what="audio2token")
     _require_keys(state, ("proj1.weight", "proj3.weight", "norm.weight"), files.audio2token, "audio2token")
@@ -85,7 +100,7 @@ def load_audio2token(files: ModelFiles):
 
 
 def load_audio2bucket(files: ModelFiles, whisper_width: int):
-    from .models.audio_adapters import AudioToBucket
+    from ..models.audio_adapters import AudioToBucket
 
     state = read_state_dict(files.audio2bucket, what="audio2bucket")
     _require_keys(state, ("proj1.weight", "proj3.weight"), files.audio2bucket, "audio2bucket")
@@ -96,7 +111,7 @@ def load_audio2bucket(files: ModelFiles, whisper_width: int):
 
 def load_whisper(files: ModelFiles):
     """The Whisper encoder only (the decoder in the checkpoint is never used) and its width."""
-    from .models.whisper import build_whisper_encoder, encoder_state_dict
+    from ..models.whisper import build_whisper_encoder, encoder_state_dict
 
     config = read_json(files.whisper_config, "Whisper")
     state = encoder_state_dict(read_state_dict(files.whisper_weights, what="whisper"))
@@ -108,7 +123,7 @@ def load_whisper(files: ModelFiles):
 
 def load_svd_parts(files: ModelFiles):
     """The SVD-xt VAE and CLIP image encoder, from the diffusers folder or the single file."""
-    from .models.image_models import build_clip_image_encoder, build_vae
+    from ..models.image_models import build_clip_image_encoder, build_vae
 
     vae_config = read_json(files.vae_config, "VAE")
     clip_config = read_json(files.image_encoder_config, "CLIP image encoder")
@@ -137,7 +152,8 @@ def _read_svd_single_file(files: ModelFiles, vae_reference: dict, clip_reference
     """
     from safetensors import safe_open
 
-    from .svd_single_file import single_file_configs, split_svd_single_file
+    from .svd_single_file import split_svd_single_file
+    from .svd_single_file_config import single_file_configs
 
     try:
         handle = safe_open(str(files.svd_checkpoint), framework="pt")
@@ -159,20 +175,20 @@ def _is_builtin(config_path: Path) -> bool:
 
 
 def load_rife(files: ModelFiles):
-    from .models.rife import build_rife
+    from ..models.rife import build_rife
 
     return build_rife(read_state_dict(files.rife, what="rife"))
 
 
 def load_yoloface(files: ModelFiles):
-    from .face_detectors import YoloFaceDetector
+    from ..inputs.face_detectors import YoloFaceDetector
 
     return YoloFaceDetector(load_torchscript(files.face_detector, what="yoloface_v5m.pt face detector"))
 
 
 def _require_keys(state, keys, path, what) -> None:
     """Before building a model from a file's shapes: the file must be that model, not another."""
-    from .weights import RELEASE_NAMES, identify_weights, shapes_of
+    from . import RELEASE_NAMES, identify_weights, shapes_of
 
     role = identify_weights(shapes_of(state))
     if role is not None and role != what:

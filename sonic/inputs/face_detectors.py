@@ -25,8 +25,8 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
-from .config import YOLO_CONF_THRESHOLD, YOLO_IOU_THRESHOLD, YOLO_SHORT_SIDE, YOLO_STRIDE_MULTIPLE
-from .errors import ParameterError, WeightsError
+from ..config import YOLO_CONF_THRESHOLD, YOLO_IOU_THRESHOLD, YOLO_SHORT_SIDE, YOLO_STRIDE_MULTIPLE
+from ..errors import ParameterError, WeightsError
 
 logger = logging.getLogger(__name__)
 

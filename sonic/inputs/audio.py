@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import (BUCKET_WINDOW, BUCKET_WINDOW_PAD, SAMPLE_RATE, TOKEN_WINDOW, TOKEN_WINDOW_PAD,
+from ..config import (BUCKET_WINDOW, BUCKET_WINDOW_PAD, SAMPLE_RATE, TOKEN_WINDOW, TOKEN_WINDOW_PAD,
                      WHISPER_CHUNK_SAMPLES, WHISPER_CHUNK_STEPS)
-from .errors import AudioError
-from .timeline import MIN_AUDIO_SECONDS, Timeline, resolve_duration
+from ..errors import AudioError
+from ..diffusion.timeline import MIN_AUDIO_SECONDS, Timeline, resolve_duration
 
 SILENCE_PEAK = 1e-4  # a clip whose largest |sample| is below this is treated as silent
 TENSOR_SOURCE = "<tensor>"
@@ -336,7 +336,7 @@ def whisper_hidden_states(encoder, samples, *, device=None, dtype: torch.dtype |
     need are kept, so memory grows with the clip length only through the result (5 * d floats
     per 20 ms step: 7.7 kB for whisper-tiny).
     """
-    from .models.whisper import encoder_hidden_states
+    from ..models.whisper import encoder_hidden_states
 
     samples = torch.as_tensor(samples, dtype=torch.float32).reshape(-1)
     parameter = next(encoder.parameters())

@@ -1,0 +1,114 @@
+"""The package keeps its architecture: feature folders, small files, no import cycles, every
+command registered. These are the agreed limits (issue "the house"); raise them only on purpose."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SONIC = REPO / "sonic"
+MAX_TOP_LEVEL_MODULES = 10
+MAX_LINES = 400
+FEATURE_FOLDERS = {"inputs", "diffusion", "models", "weights", "media", "finishing", "sync", "tools", "commands"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, known: set[str]) -> set[str]:
+    """Every sonic module `path` imports, at any depth of the file (functions included)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                stem = ".".join(base + ([node.module] if node.module else []))
+            else:
+                stem = node.module or ""
+            # `from .x import y` imports module x.y when y is a module, else x
+            targets = [f"{stem}.{alias.name}" if f"{stem}.{alias.name}" in known else stem for alias in node.names]
+        else:
+            continue
+        found.update(t for t in targets if t in known and t != name)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in SONIC.rglob("*.py")}
+    return {name: imported_modules(path, set(files)) for name, path in files.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            # a package importing its own submodules (re-exports) is not a cycle through the package
+            if nxt.startswith(node + "."):
+                continue
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_in_sonic():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_import_walk_sees_imports_inside_functions(tmp_path):
+    graph = import_graph()
+    # sonic.commands.generate imports the pipeline only inside run()
+    assert "sonic.pipeline" in graph["sonic.commands.generate"]
+
+
+def test_top_level_stays_small_and_features_live_in_folders():
+    modules = sorted(p.name for p in SONIC.glob("*.py"))
+    assert len(modules) <= MAX_TOP_LEVEL_MODULES, modules
+    folders = {p.name for p in SONIC.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert FEATURE_FOLDERS <= folders
+
+
+def test_no_source_file_is_too_long():
+    too_long = {str(p.relative_to(REPO)): n for p in [*SONIC.rglob("*.py"), *(REPO / "nodes").glob("*.py")]
+                if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not too_long, f"files over {MAX_LINES} lines: {too_long}"
+
+
+def test_help_lists_every_command_and_each_command_has_help():
+    from sonic.cli import COMMANDS
+
+    out = subprocess.run([sys.executable, "-m", "sonic", "--help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    for name in COMMANDS:
+        assert name in out.stdout
+        sub = subprocess.run([sys.executable, "-m", "sonic", name, "--help"], cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+        assert sub.returncode == 0 and f"python -m sonic {name}" in sub.stdout, (name, sub.stderr)

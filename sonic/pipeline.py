@@ -27,6 +27,7 @@ from .devices import resolve_device, resolve_dtype
 from .errors import DeviceMemoryError, ParameterError
 from .inputs.portrait import PreparedPortrait, prepare_portrait
 from .diffusion.interpolate import iter_double_frame_rate
+from .placement import STAGE_MODELS, get_policy, rests_on_device
 from .weights.loading import SonicModels
 from .models.image_models import clip_image_embeds, encode_reference
 from .diffusion.sampler import initial_noise, sample_latents
@@ -35,7 +36,6 @@ from .diffusion.timeline import Timeline
 
 log = logging.getLogger("sonic")
 
-MEMORY_POLICIES = ("keep", "offload", "lowvram")
 # Advanced sampling settings `sample()` accepts besides steps, strength, seed and noise.
 SAMPLE_SETTINGS = frozenset({"min_appearance_guidance", "max_appearance_guidance", "audio_guidance", "frames_per_window",
                              "window_overlap", "shift_offset", "ip_audio_scale", "fps"})
@@ -105,14 +105,13 @@ class SonicPipeline:
 
     def __init__(self, models: SonicModels, *, device, dtype, memory_policy: str = "keep",
                  config: SonicConfig | None = None):
-        if memory_policy not in MEMORY_POLICIES:
-            raise ParameterError(f"memory_policy must be one of {MEMORY_POLICIES}, got {memory_policy!r}")
+        get_policy(memory_policy)  # checks the name
         self.models = models
         self.device = torch.device(device)
         self.dtype = dtype
         self.memory_policy = memory_policy
         self.config = (config or SonicConfig()).validate()
-        self._lent: set[int] = set()  # ids of modules `_using` has moved onto the device right now
+        self._lent: set[int] = set()  # ids of modules `_stage` has moved onto the device right now
         self._place_models()
 
     # ----------------------------------------------------------------------------- loading
@@ -134,8 +133,7 @@ class SonicPipeline:
 
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
-        if memory_policy not in MEMORY_POLICIES:
-            raise ParameterError(f"memory_policy must be one of {MEMORY_POLICIES}, got {memory_policy!r}")
+        get_policy(memory_policy)  # checks the name before any weight is read
         models = load_models(models_dir, svd_checkpoint=svd_checkpoint, need_face_detector=face_detector is True,
                              load_face_detector=face_detector is not False, need_interpolation=interpolation)
         return cls(models, device=device, dtype=dtype, memory_policy=memory_policy, config=config)
@@ -149,12 +147,9 @@ class SonicPipeline:
                 if m is not None]
 
     def _home(self, module: torch.nn.Module) -> torch.device:
-        """Where a module rests between stages under the memory policy."""
-        if self.memory_policy == "keep":
-            return self.device
-        if self.memory_policy == "lowvram" and module is self.models.unet:
-            return self.device
-        return torch.device("cpu")
+        """Where a module rests between stages under the memory policy (`sonic.placement`)."""
+        name = next(k for k, m in self._named_models().items() if m is module)
+        return self.device if rests_on_device(self.memory_policy, name) else torch.device("cpu")
 
     def _place_models(self) -> None:
         # torch's own Module.to: diffusers' override warns about fp32 modules on every cast.
@@ -164,9 +159,12 @@ class SonicPipeline:
             torch.nn.Module.to(module, device=self._home(module), dtype=torch.float32).eval().requires_grad_(False)
 
     @contextlib.contextmanager
-    def _using(self, *modules: torch.nn.Module):
-        """Move modules to the device for one stage and back to their resting place after."""
-        moved = [m for m in modules if m is not None and self._home(m) != self.device and id(m) not in self._lent]
+    def _stage(self, stage: str):
+        """Move the models a stage runs (`sonic.placement.STAGE_MODELS`) to the device for the stage
+        and back to their resting place after."""
+        named = self._named_models()
+        modules = [named[name] for name in sorted(STAGE_MODELS[stage][0]) if name in named]
+        moved = [m for m in modules if self._home(m) != self.device and id(m) not in self._lent]
         for m in moved:
             torch.nn.Module.to(m, self.device)
             self._lent.add(id(m))
@@ -237,19 +235,19 @@ class SonicPipeline:
         job = dataclasses.replace(job, config=cfg)
         m = self.models
         _report(callback, "conditioning", 0, 3)
-        with self._using(m.whisper):
+        with self._stage("audio_features"):
             hidden = whisper_hidden_states(m.whisper, job.audio.samples, device=self.device)
         token_windows, bucket_windows = frame_windows(hidden, job.timeline.generated_frames)
         _report(callback, "conditioning", 1, 3)
         portrait = job.portrait
-        with self._using(m.image_encoder, m.vae):
+        with self._stage("reference"):
             clip_embeds = clip_image_embeds(m.image_encoder, portrait.clip_pixels.to(self.device, self.dtype))
             ref_latent, image_latent = encode_reference(
                 m.vae, portrait.pixels.to(self.device, self.dtype), noise_aug_strength=cfg.noise_aug_strength,
                 # Pixel noise from the seed on the CPU: the same on every device.
                 generator=torch.Generator("cpu").manual_seed(cfg.seed) if cfg.noise_aug_strength > 0 else None)
         _report(callback, "conditioning", 2, 3)
-        with self._using(m.audio2token, m.audio2bucket):
+        with self._stage("audio_tokens"):
             # The windows are views of one padded copy; audio_conditioning moves one batch at a time.
             audio = audio_conditioning(m.audio2token, m.audio2bucket, token_windows, bucket_windows,
                                        clip_embeds.float(),
@@ -284,7 +282,7 @@ class SonicPipeline:
         def on_call(info) -> None:
             _report(callback, "sampling", _get(info, "call"), _get(info, "total_calls"))
 
-        with self._using(unet):
+        with self._stage("sampling"):
             latents = sample_latents(
                 unet, ref_latent=cond.ref_latent, image_latent=cond.image_latent,
                 clip_embeds=cond.clip_embeds, audio_tokens=cond.audio.tokens, null_tokens=cond.audio.null_tokens,
@@ -300,7 +298,7 @@ class SonicPipeline:
             raise ParameterError(f"decode_chunk_size must be between 1 and 1000, got {chunk}")
         total = latents.shape[-4] if latents.dim() == 5 else latents.shape[0]
         done = 0
-        with torch.no_grad(), self._using(self.models.vae):
+        with torch.no_grad(), self._stage("decode"):
             for frames in decode_latents(self.models.vae, latents.to(self.device, self.dtype), chunk_size=chunk):
                 done += frames.shape[0]
                 _report(callback, "decode", done, total)
@@ -318,7 +316,7 @@ class SonicPipeline:
             raise ParameterError("frame interpolation needs RIFE/flownet.pkl, which was not loaded; "
                                  "pass interpolate=False or load the pipeline with interpolation=True")
         done = 0
-        with torch.no_grad(), self._using(self.models.rife):
+        with torch.no_grad(), self._stage("interpolate"):
             for chunk in iter_double_frame_rate(self.models.rife, frames, device=self.device):
                 done += chunk.shape[0]
                 if total:

@@ -167,7 +167,7 @@ def test_sigterm_leaves_no_partial_output(tiny_zoo, media, tmp_path):
 
 
 def test_sync_summary_lines():
-    from sonic.cli import postprocess_summary
+    from sonic.commands.generate import postprocess_summary
 
     assert postprocess_summary({}) == []
     assert postprocess_summary({"sync": {"mode": "manual", "applied_shift_ms": 40.0}}) == [

@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from ..placement import MEMORY_POLICIES, describe_policies
+
 HELP = "portrait + audio -> lip-synced MP4"
 
 
@@ -34,8 +36,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-interpolate", action="store_true", help="skip RIFE: 12.5 fps output")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
     parser.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
-    parser.add_argument("--memory-policy", default="keep", choices=["keep", "offload", "lowvram"],
-                        help="keep models on the GPU, offload between stages, or low-VRAM")
+    parser.add_argument("--memory-policy", default="keep", choices=MEMORY_POLICIES, help=describe_policies())
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet (faster sampling on GPUs after a one-off compile)")
     parser.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)")

@@ -35,6 +35,7 @@ import torch
 
 from ..config import SAMPLE_RATE, SonicConfig
 from ..errors import ParameterError
+from ..placement import expected_resident
 from .bench_measure import (HostMemoryMonitor, StageClock, TimedIterator, attention_backend, check_attention_backend,
                             count_unet_flops, device_peak_tflops, git_commit, synthetic_portrait, synthetic_speech)
 from .bench_settings import GB, NUM_BRANCHES, PEAK_TFLOPS, SCHEMA, STAGES, WARMUP_STEPS, BenchSettings
@@ -61,19 +62,6 @@ def build_pipeline(settings: BenchSettings, device: torch.device, dtype: torch.d
     where = device if policy == "keep" else torch.device("cpu")
     models = build_random_models(device=where, dtype=dtype, seed=settings.seed, interpolation=settings.interpolate)
     return SonicPipeline(models, device=device, dtype=dtype, memory_policy=policy)
-
-
-def expected_resident(policy: str, stage: str) -> tuple[set[str], set[str]]:
-    """(models that must be, models that may be) on the device during a stage ("sampling", "decode",
-    "interpolate") under a memory policy. Decode and RIFE are streamed into each other, so while the
-    decoder is alive the VAE and RIFE share the device; RIFE's last batch may run after it finished."""
-    everything = {"unet", "vae", "image_encoder", "whisper", "audio2token", "audio2bucket", "rife"}
-    if policy == "keep":
-        return everything, everything
-    resting = {"unet"} if policy == "lowvram" else set()
-    least, most = {"sampling": ({"unet"}, {"unet"}), "decode": ({"vae", "rife"}, {"vae", "rife"}),
-                   "interpolate": ({"rife"}, {"vae", "rife"})}[stage]
-    return resting | least, resting | most
 
 
 def run_once(pipe, settings: BenchSettings, image, face_box, wave: np.ndarray, steps: int, video_path: Path,

@@ -11,20 +11,6 @@ OOM_KNOBS = ("lower min_resolution, set the loader's memory_policy to 'offload' 
              "or use a smaller decode_chunk_size / frames_per_window")
 
 
-def parse_face_box(text: str) -> tuple[float, float, float, float]:
-    """'x1,y1,x2,y2' in input-image pixels -> a tuple; raises ValueError with a usable message."""
-    try:
-        values = tuple(float(v) for v in str(text).replace(" ", "").split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise ValueError(f"face_box must be 'x1,y1,x2,y2' (four numbers, pixels of the input image), got {text!r}")
-    x1, y1, x2, y2 = values
-    if x2 <= x1 or y2 <= y1 or min(values) < 0:
-        raise ValueError(f"face_box {text!r} is empty or negative: need 0 <= x1 < x2 and 0 <= y1 < y2")
-    return values
-
-
 def settings_problem(**settings) -> str | None:
     """The message of the first invalid setting according to `SonicConfig.validate`, else None."""
     from sonic.config import SonicConfig
@@ -99,9 +85,13 @@ class SONIC_PreData:
         if face not in FACE_MODES:
             return f"face must be one of {FACE_MODES}, got {face!r}"
         if face == "box":
+            from sonic.errors import ParameterError
+            from sonic.inputs.face_box import parse_face_box
+
             try:
-                parse_face_box(face_box)
-            except ValueError as exc:
+                if parse_face_box(face_box) in (None, "full"):
+                    return "face = box needs four numbers x1,y1,x2,y2 in face_box (input-image pixels)"
+            except ParameterError as exc:
                 return str(exc)
         if min_resolution is not None and min_resolution % 64:
             return f"min_resolution must be a multiple of 64 pixels, got {min_resolution}"
@@ -115,6 +105,8 @@ class SONIC_PreData:
         self.check_duration(audio, duration)
         box = {"detect": None, "full_image": "full", "box": None}[face]
         if face == "box":
+            from sonic.inputs.face_box import parse_face_box
+
             box = parse_face_box(face_box)
         try:
             with comfy_errors(None, knobs=OOM_KNOBS):

@@ -277,7 +277,6 @@ class SonicPipeline:
         noise = _check_noise(noise, shape) if noise is not None else initial_noise(cfg.seed, shape)
         schedule = make_schedule(self.models.scheduler_config, cfg.inference_steps, cfg.i2i_noise_strength)
         unet = self.models.unet
-        _set_audio_scale(unet, cfg.ip_audio_scale)
 
         def on_call(info) -> None:
             _report(callback, "sampling", _get(info, "call"), _get(info, "total_calls"))
@@ -457,8 +456,3 @@ def _check_noise(noise: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     if not torch.isfinite(noise).all():
         raise ParameterError("noise contains NaN or infinite values")
     return noise.float()
-
-
-def _set_audio_scale(unet, scale: float) -> None:
-    # Set on every sampling call, so one run's value never leaks into the next.
-    unet.ip_audio_scale = float(scale)

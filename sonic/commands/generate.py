@@ -52,6 +52,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..inputs.audio import load_audio
+    from ..inputs.face_box import parse_face_box
     from ..config import SonicConfig
     from ..inputs.portrait import load_image
     from ..media.video import check_encoder_settings, check_output_path
@@ -60,7 +61,7 @@ def run(args) -> int:
     # Everything that can be checked cheaply is checked before any model loads.
     out_path = check_output_path(args.out, args.overwrite)
     check_encoder_settings(args.crf, args.preset)
-    face_box = parse_face_box(args.face_box) if args.face_box else None
+    face_box = parse_face_box(args.face_box)
     postprocess = postprocess_options(args)
     config = SonicConfig().replace(**{k: v for k, v in dict(
         crop=False if args.no_crop else None, expand_ratio=args.expand_ratio, min_resolution=args.min_resolution,
@@ -128,20 +129,6 @@ def sync_summary(entry: dict) -> str:
     if "note" in entry:
         return f"sync: {entry['note']}; {measured}"
     return f"sync: soundtrack shifted by {shift:+.0f} ms ({measured})"
-
-
-def parse_face_box(text: str):
-    from ..errors import ParameterError
-
-    if text.strip().lower() == "full":
-        return "full"
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise ParameterError(f"--face-box must be X1,Y1,X2,Y2 (four numbers) or 'full', got {text!r}")
-    return values
 
 
 def postprocess_options(args):

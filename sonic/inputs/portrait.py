@@ -23,6 +23,7 @@ import torch
 
 from ..config import CLIP_MEAN, CLIP_SIZE, CLIP_STD, DEFAULT_MAX_IMAGE_PIXELS, SIZE_MULTIPLE
 from ..errors import FaceNotFoundError, ImageError, ParameterError
+from .face_box import parse_face_box
 from .face_detectors import FaceBox, FaceDetector, HaarFaceDetector, select_face
 
 logger = logging.getLogger(__name__)
@@ -342,32 +343,6 @@ def no_face_message(what: str) -> str:
             f"or animate the whole picture with face_box=\"full\" (CLI --face-box full)")
 
 
-def normalize_face_box(face_box):
-    """User forms of `face_box` -> None (detect), "full", or a tuple of 4 floats (not yet range-checked).
-
-    Accepts None, "" or "auto" (detect), "full", "x1,y1,x2,y2" (as typed in a CLI flag or a
-    text widget), a 4-sequence of numbers, or a FaceBox.
-    """
-    if face_box is None or isinstance(face_box, FaceBox):
-        return face_box.as_tuple() if isinstance(face_box, FaceBox) else None
-    parts = face_box
-    if isinstance(face_box, str):
-        text = face_box.strip().lower()
-        if text in ("", "auto"):
-            return None
-        if text == "full":
-            return "full"
-        parts = text.replace(";", ",").split(",")
-    try:
-        values = tuple(float(v) for v in parts)
-    except (TypeError, ValueError):
-        values = ()
-    if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise ParameterError(f"face_box must be four numbers x1,y1,x2,y2 in image pixels, \"full\" (whole picture) "
-                             f"or empty (detect the face), got {face_box!r}")
-    return values
-
-
 def _validate_face_box(values: tuple[float, float, float, float], width: int, height: int) -> FaceBox:
     x1, y1, x2, y2 = values
     if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
@@ -457,7 +432,7 @@ def prepare_portrait(image, *, detector: FaceDetector | None = None, face_box=No
             raise ParameterError(f"face_index must be a whole number (0 = leftmost face, 1 = next, ...), "
                                  f"got {face_index!r}; leave it unset to use the largest face")
         face_index = int(face_index)
-    face_box = normalize_face_box(face_box)
+    face_box = parse_face_box(face_box)
     whole_image = face_box == "full"
     if face_box is not None and face_index is not None:
         raise ParameterError("give either face_box or face_index, not both")

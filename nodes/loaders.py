@@ -250,7 +250,7 @@ class SonicImageLoader:
         import numpy as np
         import torch
 
-        from sonic.inputs.portrait import load_image
+        from sonic.inputs.image import load_image
 
         path = resolve_media_path(image, kind="image")
         # The pipeline's own decoding: 16-bit scaled, transparency over white, grey, EXIF rotation.

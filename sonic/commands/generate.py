@@ -54,7 +54,7 @@ def run(args) -> int:
     from ..inputs.audio import load_audio
     from ..inputs.face_box import parse_face_box
     from ..config import SonicConfig
-    from ..inputs.portrait import load_image
+    from ..inputs.image import load_image
     from ..media.video import check_encoder_settings, check_output_path
     from ..weights import find_model_files
 
@@ -97,14 +97,11 @@ def run(args) -> int:
                   preset=args.preset, metadata=metadata, overwrite=args.overwrite)
     finally:
         progress.close()
-    num_frames = out.frames.shape[0] if isinstance(out.frames, torch.Tensor) else out.timeline.output_frames(
-        out.config.interpolate)
-    width, height = out.job.portrait.width, out.job.portrait.height
+    # Paste-back makes the frames the input picture's size; otherwise they are the model's.
+    height, width = out.frames.shape[1:3] if postprocess else (out.job.portrait.height, out.job.portrait.width)
     seconds = time.perf_counter() - started
     peak = peak_memory_summary(torch, pipe.device)
-    if isinstance(out.frames, torch.Tensor):
-        height, width = out.frames.shape[1:3]
-    print(f"wrote {out_path}: {num_frames} frames at {out.fps:g} fps = {num_frames / out.fps:.2f} s of video, "
+    print(f"wrote {out_path}: {out.num_frames} frames at {out.fps:g} fps = {out.seconds:.2f} s of video, "
           f"{width}x{height} px, in {seconds:.1f} s ({peak})")
     for line in postprocess_summary(out.report.get("postprocess") or {}):
         print(line)

@@ -105,10 +105,6 @@ class SonicConfig:
         """Denoising steps actually run: `min(int(steps * strength), steps)` as in the reference."""
         return min(int(self.inference_steps * self.i2i_noise_strength), self.inference_steps)
 
-    @property
-    def output_fps(self) -> float:
-        return self.fps * 2 if self.interpolate else self.fps
-
     def validate(self) -> "SonicConfig":
         """Raise `ParameterError` naming the first absurd setting; return self when all is well."""
         def need(ok: bool, message: str) -> None:

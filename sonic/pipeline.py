@@ -161,12 +161,12 @@ class SonicPipeline:
         return PreparedJob(portrait=portrait, audio=clip, timeline=timeline, config=cfg)
 
     def face_detector(self):
-        """The release's yoloface when loaded, else the OpenCV fallback (built on first use)."""
-        if self.models.face_detector is None:
-            from .inputs.face_detectors import HaarFaceDetector
+        """The release's yoloface when loaded, else the process-wide OpenCV fallback."""
+        if self.models.face_detector is not None:
+            return self.models.face_detector
+        from .inputs.face_detectors import default_face_detector
 
-            self.models.face_detector = HaarFaceDetector()
-        return self.models.face_detector
+        return default_face_detector()
 
     @torch.no_grad()
     def encode(self, job: PreparedJob, *, dynamic_scale: float | None = None, motion_scale: float | None = None,

@@ -16,6 +16,7 @@ left with `face_index`, or the official (buggy) choice with `official_face_selec
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
@@ -239,20 +240,8 @@ class HaarFaceDetector:
 
     def __init__(self, cascade_path: str | os.PathLike | None = None, *, scale_factor: float = 1.1,
                  min_neighbors: int = 5, min_face_fraction: float = 0.08, max_side: int = 1280) -> None:
-        import cv2
 
-        path = os.fspath(cascade_path) if cascade_path is not None else default_haar_cascade_path()
-        if path is None or not os.path.isfile(path):
-            where = f"{path!r} does not exist" if path is not None else (
-                f"this OpenCV {cv2.__version__} ships no Haar cascades (OpenCV 5 wheels have none)")
-            raise WeightsError(
-                f"the built-in face detector needs OpenCV's {HAAR_CASCADE_FILE}, but {where}. Fixes: "
-                f"install OpenCV 4 (pip install \"opencv-python<5\"), or give the face box yourself "
-                f"(face_box=(x1, y1, x2, y2), CLI --face-box), or place yoloface_v5m.pt from the Sonic release "
-                f"in the models folder to use the official detector")
-        self.cascade = cv2.CascadeClassifier(path)
-        if self.cascade.empty():
-            raise WeightsError(f"OpenCV could not read the Haar cascade {path!r}; reinstall opencv-python<5")
+        self.cascade = haar_cascade(None if cascade_path is None else os.fspath(cascade_path))
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
         self.min_face_fraction = min_face_fraction
@@ -277,12 +266,38 @@ class HaarFaceDetector:
         return sorted(faces, key=lambda f: f.score, reverse=True)
 
 
+@functools.lru_cache(maxsize=4)
+def haar_cascade(cascade_path: str | None = None):
+    """OpenCV's frontal-face cascade (or the one at `cascade_path`), read once per process."""
+    import cv2
+
+    path = cascade_path if cascade_path is not None else default_haar_cascade_path()
+    if path is None or not os.path.isfile(path):
+        where = f"{path!r} does not exist" if path is not None else (
+            f"this OpenCV {cv2.__version__} ships no Haar cascades (OpenCV 5 wheels have none)")
+        raise WeightsError(
+            f"the built-in face detector needs OpenCV's {HAAR_CASCADE_FILE}, but {where}. Fixes: "
+            f"install OpenCV 4 (pip install \"opencv-python<5\"), or give the face box yourself "
+            f"(face_box=(x1, y1, x2, y2), CLI --face-box), or place yoloface_v5m.pt from the Sonic release "
+            f"in the models folder to use the official detector")
+    cascade = cv2.CascadeClassifier(path)
+    if cascade.empty():
+        raise WeightsError(f"OpenCV could not read the Haar cascade {path!r}; reinstall opencv-python<5")
+    return cascade
+
+
+@functools.lru_cache(maxsize=1)
+def default_face_detector() -> HaarFaceDetector:
+    """The offline Haar detector with its portrait settings, built once per process."""
+    return HaarFaceDetector()
+
+
 def load_face_detector(yoloface_path: str | os.PathLike | None = None,
                        device: str | torch.device = "cpu") -> FaceDetector:
     """The official YOLO detector when its file is given, else the offline Haar detector."""
     if yoloface_path is not None:
         return YoloFaceDetector.from_file(yoloface_path, device)
-    return HaarFaceDetector()
+    return default_face_detector()
 
 
 # --- choosing one face --------------------------------------------------------------------

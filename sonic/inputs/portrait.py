@@ -22,7 +22,7 @@ from ..config import CLIP_MEAN, CLIP_SIZE, CLIP_STD, DEFAULT_MAX_IMAGE_PIXELS, S
 from ..errors import FaceNotFoundError, ImageError, ParameterError
 from .face_box import parse_face_box
 from .image import load_image
-from .face_detectors import FaceBox, FaceDetector, HaarFaceDetector, select_face
+from .face_detectors import FaceBox, FaceDetector, default_face_detector, select_face
 
 logger = logging.getLogger(__name__)
 
@@ -122,17 +122,6 @@ class PreparedPortrait:
     width: int
     height: int
     min_resolution: int
-
-
-_default_detector: HaarFaceDetector | None = None
-
-
-def default_face_detector() -> HaarFaceDetector:
-    """The offline Haar detector, built once per process."""
-    global _default_detector
-    if _default_detector is None:
-        _default_detector = HaarFaceDetector()
-    return _default_detector
 
 
 def no_face_message(what: str) -> str:

@@ -183,3 +183,11 @@ def _unloads_others(pipe) -> bool:
     from sonic.placement import get_policy
 
     return get_policy(getattr(pipe, "memory_policy", "keep")).unload_others
+
+
+def config_range(name: str) -> dict:
+    """A widget's min/max from the library's one table of ranges (`sonic.config.RANGES`)."""
+    from sonic.config import RANGES
+
+    low, high = RANGES[name].low, RANGES[name].high
+    return {"min": low, "max": high}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import CLIP_MEAN, CLIP_SIZE, CLIP_STD, DEFAULT_MAX_IMAGE_PIXELS, SIZE_MULTIPLE
+from ..config import CLIP_MEAN, CLIP_SIZE, CLIP_STD, DEFAULT_MAX_IMAGE_PIXELS, SIZE_MULTIPLE, check_range
 from ..errors import FaceNotFoundError, ImageError, ParameterError
 from .face_box import parse_face_box
 from .image import load_image
@@ -139,12 +139,13 @@ def _validate_face_box(values: tuple[float, float, float, float], width: int, he
 
 
 def _validate_settings(expand_ratio, min_resolution, face_mask_area, max_pixels) -> None:
-    if not (isinstance(expand_ratio, (int, float)) and 0 <= expand_ratio <= 5):
-        raise ParameterError(f"expand_ratio must be between 0 and 5, got {expand_ratio!r}")
-    if not (isinstance(min_resolution, int) and SIZE_MULTIPLE <= min_resolution <= 4096):
-        raise ParameterError(f"min_resolution must be an integer between 64 and 4096 px, got {min_resolution!r}")
-    if not (isinstance(face_mask_area, (int, float)) and 0 < face_mask_area <= 10):
-        raise ParameterError(f"face_mask_area must be in (0, 10], got {face_mask_area!r}")
+    for name, value in (("expand_ratio", expand_ratio), ("min_resolution", min_resolution),
+                        ("face_mask_area", face_mask_area)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ParameterError(f"{name} must be a number, got {value!r}")
+        check_range(name, value)
+    if not isinstance(min_resolution, int):
+        raise ParameterError(f"min_resolution must be a whole number of pixels, got {min_resolution!r}")
     if not (isinstance(max_pixels, int) and max_pixels >= SIZE_MULTIPLE * SIZE_MULTIPLE):
         raise ParameterError(f"max_pixels must be an integer >= 4096, got {max_pixels!r}")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import WeightsError
-from .weights import BUILTIN_SVD_CONFIGS, HINTS, ModelFiles, find_model_files, load_strict, load_torchscript, read_state_dict
+from .weights import BUILTIN_SVD_CONFIGS, HINTS, ModelFiles, find_model_files, load_strict, read_state_dict
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -167,7 +167,7 @@ def load_rife(files: ModelFiles):
 def load_yoloface(files: ModelFiles):
     from .face_detectors import YoloFaceDetector
 
-    return YoloFaceDetector(load_torchscript(files.face_detector, what="yoloface_v5m.pt face detector"))
+    return YoloFaceDetector.from_file(files.face_detector)  # tensors only: the file's program never runs
 
 
 def _require_keys(state, keys, path, what) -> None:

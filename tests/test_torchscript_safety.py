@@ -191,3 +191,23 @@ def test_tensor_views_must_stay_inside_their_storage():
     for offset, size, stride in ((3, (2, 2), (2, 1)), (0, (7,), (1,)), (0, (2,), (-1,))):
         with pytest.raises(ValueError):
             _rebuild_tensor(storage, offset, size, stride)
+
+
+def test_doctor_checks_the_detector_the_same_way(tiny_zoo, tmp_path, writing_archive, good_archive):
+    """doctor loads the detector's tensors strictly and never runs its program."""
+    import shutil
+
+    from sonic.loading import doctor_report
+
+    zoo = shutil.copytree(tiny_zoo, tmp_path / "checkpoints")
+    program, marker = writing_archive
+    shutil.copy(program, zoo / "yoloface_v5m.pt")
+    ok, lines = doctor_report(zoo)
+    assert ok and any(line.startswith("ok       face detector") for line in lines)
+    assert not marker.exists()
+    boom_marker = tmp_path / "boom"
+    rewrite(good_archive, zoo / "yoloface_v5m.pt", data_pkl=pickle.dumps(Boom(f"touch {boom_marker}"), protocol=2))
+    ok, lines = doctor_report(zoo)
+    broken = [line for line in lines if line.startswith("BROKEN   face detector")]
+    assert not ok and len(broken) == 1 and "refusing" in broken[0] and "system" in broken[0]
+    assert not boom_marker.exists()

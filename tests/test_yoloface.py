@@ -86,6 +86,16 @@ def test_wrapper_prefix_is_removed_and_strictness_holds(tmp_path):
     del without["model.8.cv3.conv.weight"]
     with pytest.raises((KeyError, RuntimeError)):
         yoloface_from_state_dict(without)
+    # Strides kept as plain attributes by a scripted export: checked, not loaded.
+    strides = torch.tensor([8.0, 16.0, 32.0])
+    yoloface_from_state_dict({**state, "stride": strides, "model.23.stride": strides})
+    with pytest.raises(ValueError, match="strides"):
+        yoloface_from_state_dict({**state, "model.23.stride": strides * 2})
+    # No anchors in the file: the YOLOv5-face defaults; an fp16 file is cast to fp32.
+    bare = {k: v.half() if v.is_floating_point() else v for k, v in state.items() if "anchor" not in k}
+    model = yoloface_from_state_dict(bare)
+    assert model.model[-1].anchor_grid[2].flatten().tolist() == [146, 217, 231, 300, 335, 433]
+    assert model.model[0].stem_1.conv.weight.dtype == torch.float32
 
 
 def test_zoo_detector_is_a_traced_yoloface_that_we_read_without_running(tmp_path):

@@ -25,8 +25,6 @@ landmark `raw_lmk * A + g S` (landmarks are not squashed).
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import torch
 from torch import nn
 
@@ -54,7 +52,7 @@ class ConvUnit(nn.Module):
 class StemBlock(nn.Module):
     """Stride-4 stem: conv s2, then a (1x1, 3x3 s2) branch next to a 2x2 max-pool, merged by a 1x1."""
 
-    def __init__(self, shapes: "_Shapes", prefix: str) -> None:
+    def __init__(self, shapes: _Shapes, prefix: str) -> None:
         super().__init__()
         self.stem_1 = shapes.conv(f"{prefix}.stem_1", stride=2)
         self.stem_2a = shapes.conv(f"{prefix}.stem_2a")
@@ -70,7 +68,7 @@ class StemBlock(nn.Module):
 class Focus(nn.Module):
     """Space-to-depth (each 2x2 pixel block into channels), then one conv."""
 
-    def __init__(self, shapes: "_Shapes", prefix: str) -> None:
+    def __init__(self, shapes: _Shapes, prefix: str) -> None:
         super().__init__()
         self.conv = shapes.conv(f"{prefix}.conv")
 
@@ -80,7 +78,7 @@ class Focus(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, shapes: "_Shapes", prefix: str, shortcut: bool) -> None:
+    def __init__(self, shapes: _Shapes, prefix: str, shortcut: bool) -> None:
         super().__init__()
         self.cv1 = shapes.conv(f"{prefix}.cv1")
         self.cv2 = shapes.conv(f"{prefix}.cv2")
@@ -94,7 +92,7 @@ class Bottleneck(nn.Module):
 class C3(nn.Module):
     """CSP block: bottlenecks on one 1x1 branch, a plain 1x1 branch, concatenated, merged by a 1x1."""
 
-    def __init__(self, shapes: "_Shapes", prefix: str, shortcut: bool) -> None:
+    def __init__(self, shapes: _Shapes, prefix: str, shortcut: bool) -> None:
         super().__init__()
         self.cv1 = shapes.conv(f"{prefix}.cv1")
         self.cv2 = shapes.conv(f"{prefix}.cv2")
@@ -107,7 +105,7 @@ class C3(nn.Module):
 
 
 class SPP(nn.Module):
-    def __init__(self, shapes: "_Shapes", prefix: str) -> None:
+    def __init__(self, shapes: _Shapes, prefix: str) -> None:
         super().__init__()
         self.cv1 = shapes.conv(f"{prefix}.cv1")
         self.cv2 = shapes.conv(f"{prefix}.cv2")
@@ -121,7 +119,7 @@ class SPP(nn.Module):
 class Detect(nn.Module):
     """Per level a 1x1 conv to anchors x 16 raw columns, decoded into input pixels."""
 
-    def __init__(self, shapes: "_Shapes", prefix: str) -> None:
+    def __init__(self, shapes: _Shapes, prefix: str) -> None:
         super().__init__()
         convs = []
         for level in range(len(STRIDES)):
@@ -139,7 +137,7 @@ class Detect(nn.Module):
         self.register_buffer("anchors", pixels / strides)
         self.register_buffer("anchor_grid", pixels.clone().view(len(STRIDES), 1, self.na, 1, 1, 2))
 
-    def forward(self, features: List[torch.Tensor], grids: List[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor], grids: list[torch.Tensor]) -> torch.Tensor:
         rows = []
         for level, (conv, feature, grid) in enumerate(zip(self.m, features, grids)):
             raw = conv(feature)
@@ -164,7 +162,7 @@ class YoloFace(nn.Module):
     indices; built here when omitted.
     """
 
-    def __init__(self, shapes: "_Shapes", focus: bool) -> None:
+    def __init__(self, shapes: _Shapes, focus: bool) -> None:
         super().__init__()
         o = 1 if focus else 0  # Focus is followed by its own stride-2 conv: every later index moves by one
         layers: list[nn.Module] = [Focus(shapes, "model.0"), shapes.conv("model.1", stride=2)] if focus \
@@ -186,7 +184,7 @@ class YoloFace(nn.Module):
         self.model = nn.ModuleList(layers)
         self.offset = o
 
-    def forward(self, img: torch.Tensor, grids: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, grids: list[torch.Tensor] | None = None) -> torch.Tensor:
         m, o = self.model, self.offset
         x = m[1](m[0](img)) if o else m[0](img)
         p3 = m[o + 3](m[o + 2](m[o + 1](x)))
@@ -235,15 +233,20 @@ class _Shapes:
 def yoloface_from_state_dict(state: dict[str, torch.Tensor]) -> YoloFace:
     """Build the network that `state` (YOLOv5 `model.<i>...` names) describes and load it strictly.
 
-    Missing anchor buffers are filled with the YOLOv5-face defaults. Raises KeyError (a missing
-    tensor), ValueError (wrong shapes) or RuntimeError (strict loading); callers turn them into
-    a WeightsError.
+    Missing anchor buffers are filled with the YOLOv5-face defaults. YOLOv5 keeps its strides
+    as plain tensor attributes (`stride`, `model.<detect>.stride`), which a scripted export
+    saves: they are checked against 8/16/32, not loaded. Raises KeyError (a missing tensor),
+    ValueError (wrong shapes or strides) or RuntimeError (strict loading); callers turn them
+    into a WeightsError.
     """
     fused = not any(k.endswith(".bn.weight") for k in state)
     focus = "model.0.conv.conv.weight" in state
+    full = {k: v for k, v in state.items() if k.split(".")[-1] != "stride"}
+    for name in state.keys() - full.keys():
+        if state[name].numel() != len(STRIDES) or state[name].flatten().tolist() != list(map(float, STRIDES)):
+            raise ValueError(f"{name} is {state[name].flatten().tolist()[:8]}, but YOLOv5-face strides are {STRIDES}")
     # Built on the CPU (about 0.5 s for YOLOv5m): the meta device costs seconds on first use.
-    model = YoloFace(_Shapes(state, fused), focus)
-    full = dict(state)
+    model = YoloFace(_Shapes(full, fused), focus)
     for name, value in model.state_dict().items():
         if name.endswith(("anchors", "anchor_grid")) and name not in full:
             full[name] = _default_anchor_buffer(name, value)

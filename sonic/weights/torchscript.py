@@ -202,7 +202,8 @@ def _read(archive: zipfile.ZipFile, path: Path, what: str) -> dict[str, torch.Te
     try:
         root = _archive_root(names)
     except ValueError:
-        raise _damaged(path, what, "not a TorchScript archive (no data.pkl)") from None
+        raise _damaged(path, what, "not a TorchScript archive (no data.pkl; archives from torch before 1.4 are "
+                                   "not supported)") from None
     if f"{root}/constants.pkl" not in names:
         raise WeightsError(f"{what} file {path} is a plain torch.save file, not a TorchScript archive; "
                            f"the face detector must be the released TorchScript yoloface_v5m.pt")

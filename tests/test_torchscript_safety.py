@@ -125,7 +125,7 @@ def test_file_writing_detector_loads_cleanly_and_nothing_runs(writing_archive, r
     img = torch.rand(1, 3, 64, 96)
     with torch.inference_mode():
         torch.testing.assert_close(detector.model(img), reference(img, grids_for(64, 96)), rtol=1e-5, atol=1e-4)
-    detector.detect(np.zeros((120, 90, 3), np.uint8))
+    detector.detect(np.zeros((90, 90, 3), np.uint8))
     assert not marker.exists() and not Path(f"{marker}.export").exists()
     assert not hasattr(detector.model, "extra_method")
 
@@ -163,6 +163,10 @@ def test_unknown_records_cannot_be_called_or_given_state(good_archive, tmp_path)
     build = b"\x80\x02ccollections\nOrderedDict\n)R}b."
     with pytest.raises(WeightsError, match="refusing"):
         read_torchscript_tensors(rewrite(good_archive, tmp_path / "b.pt", data_pkl=build), WHAT)
+    # SETITEM on a record (only plain dicts/lists/sets may be filled).
+    fill = b"\x80\x02c__torch__\nTop\n)\x81K\x01K\x02s."
+    with pytest.raises(WeightsError, match="refusing"):
+        read_torchscript_tensors(rewrite(good_archive, tmp_path / "c.pt", data_pkl=fill), WHAT)
 
 
 def test_damaged_and_foreign_files_get_one_clear_error(good_archive, tmp_path):

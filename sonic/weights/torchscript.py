@@ -42,6 +42,7 @@ _STORAGE_DTYPES = {
     "BoolStorage": torch.bool, "UntypedStorage": torch.uint8,
 }
 _MAX_DEPTH = 100  # module nesting; YOLOv5 needs 6
+_MAX_PICKLE_BYTES = 64 << 20  # data.pkl describes the modules (YOLOv5m: tens of kB); tensors live in data/
 _MAX_RECORDS = 100_000  # module records walked (shared sub-modules count once per name); YOLOv5m has ~400
 
 
@@ -145,7 +146,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its
     def load_reduce(self):  # REDUCE: only our own functions may be called
         args = self.stack.pop()
         func = self.stack[-1]
-        if func not in _ALLOWED.values() or not isinstance(args, tuple):
+        if not any(func is allowed for allowed in _ALLOWED.values()) or not isinstance(args, tuple):
             raise _Refused(f"a call of {getattr(func, 'qualified_name', type(func).__name__)}")
         self.stack[-1] = func(*args)
 
@@ -163,12 +164,46 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its
             raise _Refused(f"creating a {getattr(cls, '__name__', type(cls).__name__)} object")
         self.append(cls())
 
+    # Filling containers: only plain ones (a tensor's or a record's own methods never run).
+    def _target(self, kinds: tuple[type, ...]):
+        target = self.stack[-1]
+        if type(target) not in kinds:
+            raise _Refused(f"filling a {type(target).__name__} as a container")
+        return target
+
+    def load_setitem(self):
+        value, key = self.stack.pop(), self.stack.pop()
+        self._target((dict, collections.OrderedDict))[key] = value
+
+    def load_setitems(self):
+        items = self.pop_mark()
+        target = self._target((dict, collections.OrderedDict))
+        for i in range(0, len(items) - 1, 2):
+            target[items[i]] = items[i + 1]
+
+    def load_append(self):
+        value = self.stack.pop()
+        self._target((list,)).append(value)
+
+    def load_appends(self):
+        items = self.pop_mark()
+        self._target((list,)).extend(items)
+
+    def load_additems(self):
+        items = self.pop_mark()
+        self._target((set,)).update(items)
+
     def _refuse_opcode(self):
         raise _Refused("an object built by the INST/OBJ/NEWOBJ_EX opcodes")
 
     dispatch[pickle.REDUCE[0]] = load_reduce
     dispatch[pickle.BUILD[0]] = load_build
     dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.SETITEM[0]] = load_setitem
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+    dispatch[pickle.APPEND[0]] = load_append
+    dispatch[pickle.APPENDS[0]] = load_appends
+    dispatch[pickle.ADDITEMS[0]] = load_additems
     for _op in (pickle.INST, pickle.OBJ, pickle.NEWOBJ_EX):
         dispatch[_op[0]] = _refuse_opcode
     del _op
@@ -225,6 +260,9 @@ def _read(archive: zipfile.ZipFile, path: Path, what: str) -> dict[str, torch.Te
             storages[key] = _Storage(flat)
         return storages[key]
 
+    if archive.getinfo(f"{root}/data.pkl").file_size > _MAX_PICKLE_BYTES:
+        raise _damaged(path, what, f"its data.pkl is over {_MAX_PICKLE_BYTES >> 20} MB, far more than any "
+                                   f"module description needs")
     try:
         obj = _RestrictedUnpickler(archive.read(f"{root}/data.pkl"), read_storage).load()
     except _Refused as exc:

@@ -283,11 +283,12 @@ def load_yoloface_network(path: str | os.PathLike, what: str = "yoloface_v5m.pt 
             pred = model(torch.zeros(1, 3, 64, 64))
         if pred.shape != (1, model.model[-1].na * sum((64 // s) ** 2 for s in STRIDES), 16):
             raise ValueError(f"it gives {tuple(pred.shape)} rows for a 64x64 input")
-    except (KeyError, ValueError, RuntimeError) as exc:
+    except (KeyError, ValueError, RuntimeError) as exc:  # missing tensor, wrong shapes, strict-load mismatch
+        detail = (str(exc).strip().splitlines() or [""])[0][:300]  # torch's strict-load text spans many lines
         sample = ", ".join(sorted(tensors)[:4])
         raise WeightsError(
             f"{what} file {check_is_file(path, what)} is not a YOLOv5-face detector ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:300] if str(exc) else exc!r}; it has {len(tensors)} tensors, e.g. {sample}). "
+            f"{detail}; it has {len(tensors)} tensors, e.g. {sample}). "
             f"Download yoloface_v5m.pt from the Sonic release again, or remove it to use the built-in OpenCV "
             f"detector") from None
     return model

@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ParameterError, WeightsError
-from ..weights.locate import BUILTIN_SVD_CONFIGS, SVD_FOLDER, SVD_SINGLE_FILES, WHISPER_FOLDER
+from ..weights.locate import BUILTIN_SVD_CONFIGS, LAYOUTS, OFFICIAL_LAYOUT, SVD_FOLDER, SVD_SINGLE_FILES, WHISPER_FOLDER
 
-LAYOUTS = ("official", "comfyui")
 FILE_FORMATS = ("pickle", "safetensors")
 CLIP_SEED = 20250601
 # Tiny CLIP vision tower; projection_dim equals the golden models' CLIP width (12).
@@ -68,7 +67,7 @@ def write_tiny_zoo(dest, *, layout: str = "official", fixtures_dir=None, file_fo
             f"golden fixtures not found at {golden}: the tiny zoo is built from tests/fixtures/golden of a source "
             f"checkout (a pip-installed package does not ship them); pass fixtures_dir=.../tests/fixtures/golden")
     dest = Path(dest).expanduser()
-    if layout == "official":
+    if layout == OFFICIAL_LAYOUT:
         models_dir, sonic_dir, rife_dir = dest, dest / "Sonic", dest / "RIFE"
         root = dest
     else:

@@ -41,7 +41,7 @@ def default_fixtures_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "golden"
 
 
-def write_tiny_zoo(dest, *, layout: str = "official", fixtures_dir=None, file_format: str = "pickle",
+def write_tiny_zoo(dest, *, layout: str = OFFICIAL_LAYOUT, fixtures_dir=None, file_format: str = "pickle",
                    with_face_detector: bool = False, svd_single_file: bool = False) -> Path:
     """Write the tiny zoo under `dest`; returns the folder to pass as `models_dir`.
 

@@ -29,14 +29,7 @@ from .errors import DeviceMemoryError, ParameterError
 from .finishing.tail import finish
 from .inputs.audio import frame_windows, load_audio, whisper_hidden_states
 from .inputs.portrait import prepare_portrait
-from .job import (
-    Conditioning,
-    PreparedJob,
-    ProgressCallback,
-    SonicOutput,
-    SonicStream,
-    report_progress,
-)
+from .job import Conditioning, PreparedJob, ProgressCallback, SonicOutput, SonicStream, report_progress
 from .models.image_models import clip_image_embeds, encode_reference
 from .placement import STAGE_MODELS, get_policy, rests_on_device
 from .weights.loading import SonicModels

@@ -8,16 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ParameterError
-from ..tools.comfy_client import (
-    DEFAULT_JOB_TIMEOUT,
-    ComfyClient,
-    Job,
-    JobRunner,
-    apply_overrides,
-    load_workflow,
-    parse_set_options,
-    read_jobs,
-)
+from ..tools.comfy_client import (DEFAULT_JOB_TIMEOUT, ComfyClient, Job, JobRunner, apply_overrides, load_workflow,
+                                  parse_set_options, read_jobs)
 
 HELP = "batch jobs through a running ComfyUI server"
 DESCRIPTION = "Queue Sonic jobs on a running ComfyUI server and download the MP4s."

@@ -36,27 +36,9 @@ import torch
 from ..config import SAMPLE_RATE, SonicConfig
 from ..errors import ParameterError
 from ..placement import expected_resident
-from .bench_measure import (
-    HostMemoryMonitor,
-    StageClock,
-    TimedIterator,
-    attention_backend,
-    check_attention_backend,
-    count_unet_flops,
-    device_peak_tflops,
-    git_commit,
-    synthetic_portrait,
-    synthetic_speech,
-)
-from .bench_settings import (
-    GB,
-    NUM_BRANCHES,
-    PEAK_TFLOPS,
-    SCHEMA,
-    STAGES,
-    WARMUP_STEPS,
-    BenchSettings,
-)
+from .bench_measure import (HostMemoryMonitor, StageClock, TimedIterator, attention_backend, check_attention_backend,
+                            count_unet_flops, device_peak_tflops, git_commit, synthetic_portrait, synthetic_speech)
+from .bench_settings import GB, NUM_BRANCHES, PEAK_TFLOPS, SCHEMA, STAGES, WARMUP_STEPS, BenchSettings
 
 
 # ------------------------------------------------------------------------------------ pipeline

@@ -40,12 +40,7 @@ import torch
 
 from ..errors import WeightsError
 from ..models.image_models import clip_vision_values
-from .svd_single_file_config import (
-    SHOWN_KEYS,
-    SINGLE_FILE_HINT,
-    infer_clip_config,
-    infer_vae_config,
-)
+from .svd_single_file_config import SHOWN_KEYS, SINGLE_FILE_HINT, infer_clip_config, infer_vae_config
 
 VAE_PREFIX = "first_stage_model."
 COND_ENCODER_PREFIX = "conditioner.embedders.3.encoder."

@@ -9,14 +9,8 @@ from collections.abc import Mapping
 import torch
 
 from ..errors import WeightsError
-from .svd_single_file import (
-    _CLIP_LAYER,
-    _RESNET_SPATIAL,
-    _RESNET_TEMPORAL,
-    CLIP_PREFIX,
-    COND_ENCODER_PREFIX,
-    VAE_PREFIX,
-)
+from .svd_single_file import (_CLIP_LAYER, _RESNET_SPATIAL, _RESNET_TEMPORAL, CLIP_PREFIX, COND_ENCODER_PREFIX,
+                              VAE_PREFIX)
 
 _TO_SGM_RESNET = {new: old for old, new in _RESNET_SPATIAL.items()}
 _TO_SGM_TEMPORAL = {new: old for old, new in _RESNET_TEMPORAL.items()}

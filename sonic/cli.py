@@ -1,4 +1,4 @@
-"""`python -m sonic`: generate, doctor, convert, check-sync, queue, bench, make-tiny-zoo.
+"""`python -m sonic`: generate, doctor, download, convert, check-sync, queue, bench, make-tiny-zoo.
 
 Errors a user can fix print one line (`error: ...`) and exit with status 2; `--debug` shows
 the traceback instead.
@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     # Sub-commands owned by other modules parse their own arguments.
     delegated = {"check-sync": ("sonic.sync", "check_sync_command"),
                  "queue": ("sonic.comfy_client", "queue_command"),
-                 "bench": ("sonic.bench", "bench_command")}
+                 "bench": ("sonic.bench", "bench_command"),
+                 "download": ("sonic.tools.download", "download_command")}
     if argv and argv[0] in delegated:
         module_name, func_name = delegated[argv[0]]
         import importlib
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     gen = sub.add_parser("generate", help="portrait + audio -> lip-synced MP4")
-    gen.add_argument("--models", required=True, help="weights folder (official checkpoints/ or ComfyUI models/)")
+    gen.add_argument("--models", help="weights folder (official checkpoints/ or ComfyUI models/); default: "
+                                      "$SONIC_MODELS or the folder `python -m sonic download` fills")
     gen.add_argument("--image", required=True, help="portrait image (PNG/JPEG/WebP/BMP)")
     gen.add_argument("--audio", required=True, help="speech audio (WAV/MP3/FLAC/OGG/Opus/M4A)")
     gen.add_argument("--out", required=True, help="output .mp4 path")
@@ -127,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(run=run_generate)
 
     doctor = sub.add_parser("doctor", help="check a weights folder and say what is missing or wrong")
-    doctor.add_argument("--models", required=True)
+    doctor.add_argument("--models", help="weights folder (default: as for generate)")
     doctor.add_argument("--svd-checkpoint")
     doctor.set_defaults(run=run_doctor)
 
@@ -158,7 +160,9 @@ def run_generate(args) -> int:
     from .face import load_image
     from .video import check_encoder_settings, check_output_path
     from .weights import find_model_files
+    from .weights.locate import default_models_dir
 
+    args.models = args.models or str(default_models_dir())
     # Everything that can be checked cheaply is checked before any model loads.
     out_path = check_output_path(args.out, args.overwrite)
     check_encoder_settings(args.crf, args.preset)
@@ -344,8 +348,9 @@ class StageProgress:
 # ------------------------------------------------------------------------------- weights
 def run_doctor(args) -> int:
     from .loading import doctor_report
+    from .weights.locate import default_models_dir
 
-    ok, lines = doctor_report(args.models, svd_checkpoint=args.svd_checkpoint)
+    ok, lines = doctor_report(args.models or default_models_dir(), svd_checkpoint=args.svd_checkpoint)
     for line in lines:
         print(line)
     return 0 if ok else 1

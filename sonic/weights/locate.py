@@ -62,7 +62,7 @@ SONIC_SOURCE = Source("sonic", "LeonJoe13/Sonic", "", "CC BY-NC-SA 4.0 (non-comm
                       comfyui_strip="Sonic/")
 SVD_SOURCE = Source("svd", "stabilityai/stable-video-diffusion-img2vid-xt", SVD_FOLDER,
                     "Stability AI Community License (accept it on the model page)", gated=True)
-WHISPER_SOURCE = Source("whisper", "openai/whisper-tiny", WHISPER_FOLDER, "see the model card (Apache-2.0 there)")
+WHISPER_SOURCE = Source("whisper", "openai/whisper-tiny", WHISPER_FOLDER, "Apache-2.0 (per its model card)")
 SOURCES = {s.name: s for s in (SONIC_SOURCE, SVD_SOURCE, WHISPER_SOURCE)}
 SONIC_REPO, SVD_REPO, WHISPER_REPO = SONIC_SOURCE.url, SVD_SOURCE.url, WHISPER_SOURCE.url
 
@@ -319,10 +319,43 @@ def _svd_fields(svd_dir, vae_w, image_w, single, builtin, config, config_dir=Non
                 image_encoder_config=config(config_dir, "image_encoder", "config.json"))
 
 
+def default_models_dir() -> Path:
+    """The weights folder used when none is given: `$SONIC_MODELS`, else a per-user cache
+    folder (`~/.cache/sonic/models` on Linux, `~/Library/Caches/sonic/models` on macOS,
+    `%LOCALAPPDATA%\\sonic\\models` on Windows)."""
+    import os
+    import sys
+
+    if os.environ.get("SONIC_MODELS", "").strip():
+        return Path(os.environ["SONIC_MODELS"]).expanduser()
+    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
+        base = Path(os.environ["LOCALAPPDATA"])
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "sonic" / "models"
+
+
+def detect_layout(models_dir) -> str:
+    """"official" or "comfyui": what the folder looks like ("official" for a new, empty one)."""
+    return _layout_and_target(Path(models_dir).expanduser())[0]
+
+
+def sonic_folder(models_dir, layout: str) -> Path:
+    """Where the Sonic files go: `models_dir` itself (official, or ComfyUI's models/sonic), else models/sonic."""
+    models_dir = Path(models_dir).expanduser()
+    if layout == "official" or models_dir.name.lower() == "sonic":
+        return models_dir
+    return models_dir / "sonic"
+
+
 def download_command(models_dir, layout: str) -> str:
     """The command that fetches every missing file into `models_dir`."""
     import shlex
 
+    if Path(models_dir).expanduser() == default_models_dir() and layout == "official":
+        return "python -m sonic download"
     return f"python -m sonic download --models {shlex.quote(str(models_dir))} --layout {layout}"
 
 

@@ -1,0 +1,1 @@
+"""One module per command-line tool of `python -m sonic`."""

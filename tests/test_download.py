@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub_server import HubServer
-from tests.tiny_hub import NEVER_FETCHED, OlahHub, build_tiny_hub
+from hub_server import HubServer
+from tiny_hub import NEVER_FETCHED, OlahHub, build_tiny_hub
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SONIC, SVD, WHISPER = "LeonJoe13/Sonic", "stabilityai/stable-video-diffusion-img2vid-xt", "openai/whisper-tiny"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import GOLDEN, MANIFESTS
+from helpers import GOLDEN, MANIFESTS
 
 from sonic.bench import STAGES, bench_command, count_unet_flops
 from sonic.media_probe import probe

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FACE, SR, speech_like
+from helpers import FACE, SR, speech_like
 
 from sonic.errors import DeviceMemoryError, Interrupted
 from sonic.loading import load_models

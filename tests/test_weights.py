@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import GOLDEN, MANIFESTS, load_golden
+from helpers import GOLDEN, MANIFESTS, load_golden
 
 from sonic.errors import WeightsError
 from sonic.weights import (HINTS, check_state_dict, convert_checkpoints, convert_file, find_model_files,

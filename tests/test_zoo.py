@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import GOLDEN, load_golden
+from helpers import GOLDEN, load_golden
 
 from sonic.errors import ParameterError, WeightsError
 from sonic.weights import (BUILTIN_SVD_CONFIGS, HINTS, check_state_dict, convert_checkpoints, find_model_files,
@@ -174,7 +174,7 @@ def test_single_file_svd_uses_the_builtin_configs(zoos, tmp_path):
 
 
 def test_builtin_svd_configs_equal_the_reference_configs():
-    from conftest import SVD_CONFIGS
+    from helpers import SVD_CONFIGS
 
     for ref in SVD_CONFIGS.rglob("*.json"):
         assert (BUILTIN_SVD_CONFIGS / ref.relative_to(SVD_CONFIGS)).read_text() == ref.read_text()

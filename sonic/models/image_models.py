@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..config import VAE_SCALING_FACTOR
-from ..errors import ParameterError, WeightsError
+from ..errors import ParameterError
 
 
 def _load_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], role: str, what: str) -> None:

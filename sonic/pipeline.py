@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -24,7 +26,7 @@ from .conditioning import AudioConditioning, audio_conditioning
 from .config import LATENT_DOWNSCALE, SonicConfig
 from .decode import decode_latents
 from .devices import resolve_device, resolve_dtype
-from .errors import DeviceMemoryError, ParameterError
+from .errors import DeviceMemoryError, Interrupted, ParameterError
 from .face import PreparedPortrait, prepare_portrait
 from .interpolate import iter_double_frame_rate
 from .models.image_models import clip_image_embeds, encode_reference

@@ -11,9 +11,7 @@ import pytest
 import torch
 from helpers import FACE, SR, speech_like
 
-from sonic.errors import DeviceMemoryError
-from sonic.loading import load_models
-from sonic.pipeline import SonicPipeline
+from sonic import DeviceMemoryError, SonicPipeline
 
 pytestmark = pytest.mark.gpu
 
@@ -23,8 +21,8 @@ POLICIES = ("keep", "offload", "lowvram")
 
 def fresh_pipeline(tiny_zoo, device, dtype, policy="keep"):
     """New models for every pipeline: a pipeline casts its models in place (bf16 would stick)."""
-    return SonicPipeline(load_models(tiny_zoo, need_face_detector=False), device=device, dtype=dtype,
-                         memory_policy=policy)
+    return SonicPipeline.from_pretrained(tiny_zoo, device=device, dtype=dtype, memory_policy=policy,
+                                         face_detector=False)
 
 
 def frames(pipe, portrait) -> torch.Tensor:
@@ -113,8 +111,8 @@ def test_out_of_memory_while_computing_names_the_settings(tiny_zoo, portrait):
 
 
 @pytest.mark.xfail(raises=torch.OutOfMemoryError, strict=True,
-                   reason="SonicPipeline._using moves models to the device before its try: an OOM while moving "
-                          "escapes as torch's own error and leaves the moved models marked as lent")
+                   reason="the pipeline moves a stage's models to the device before the try that turns an OOM "
+                          "into DeviceMemoryError: an OOM while moving escapes as torch's own error")
 def test_out_of_memory_while_moving_a_model_names_the_settings(tiny_zoo, portrait):
     pipe = fresh_pipeline(tiny_zoo, "cuda", torch.float32, "offload")  # everything rests on the CPU
     torch.cuda.synchronize()

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import GOLDEN, MANIFESTS
+from helpers import GOLDEN, MANIFESTS
 
 from sonic.cli import main
 from sonic.tools.bench import STAGES, count_unet_flops

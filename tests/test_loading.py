@@ -37,7 +37,7 @@ def test_single_file_svd_layout_generates_the_same_frames(tiny_zoo, tmp_path, po
     """ComfyUI layout with the SVD VAE + CLIP in models/checkpoints/svd_xt.safetensors (original keys)."""
     import torch
 
-    from conftest import FACE, SR, speech_like
+    from helpers import FACE, SR, speech_like
     from sonic import SonicPipeline
     from sonic.tools.zoo import write_tiny_zoo
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import GOLDEN, load_golden
+from helpers import SVD_CONFIGS, golden_unet_state, load_golden
 
 from sonic.errors import ParameterError, WeightsError
 from sonic.weights import (BUILTIN_SVD_CONFIGS, HINTS, check_state_dict, convert_checkpoints, find_model_files,
@@ -24,20 +24,12 @@ def zoos(tmp_path_factory):
     return official, comfy
 
 
-def _golden_unet_shapes() -> dict[str, tuple]:
-    index = json.loads((GOLDEN / "unet_forward" / "weights.safetensors.index.json").read_text())
-    shapes = {}
-    for shard in sorted(set(index["weight_map"].values())):
-        shapes.update(shapes_of(load_golden("unet_forward", shard)))
-    return shapes
-
-
 def test_zoo_files_load_safely_with_the_golden_keys(zoos):
     official, comfy = zoos
     for models_dir in (official, comfy):
         files = find_model_files(models_dir, need_face_detector=False)
         expected = {
-            files.unet: ("unet", _golden_unet_shapes(), 440),
+            files.unet: ("unet", shapes_of(golden_unet_state()), 440),
             files.audio2token: ("audio2token", shapes_of(load_golden("audio2token", "weights.safetensors")), 8),
             files.audio2bucket: ("audio2bucket", shapes_of(load_golden("audio2bucket", "weights.safetensors")), 6),
         }
@@ -174,8 +166,6 @@ def test_single_file_svd_uses_the_builtin_configs(zoos, tmp_path):
 
 
 def test_builtin_svd_configs_equal_the_reference_configs():
-    from conftest import SVD_CONFIGS
-
     for ref in SVD_CONFIGS.rglob("*.json"):
         assert (BUILTIN_SVD_CONFIGS / ref.relative_to(SVD_CONFIGS)).read_text() == ref.read_text()
 

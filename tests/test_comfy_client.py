@@ -12,7 +12,7 @@ from comfyui_server import REPO, write_test_media
 from sonic.cli import main
 from sonic.tools.comfy_client import (apply_overrides, fill_media, parse_set_options, read_jobs, ui_to_api,
                                 video_outputs)
-from sonic.errors import ParameterError, SonicError
+from sonic.errors import ParameterError
 
 pytest_plugins = ["comfyui_server"]
 

@@ -105,11 +105,14 @@ class SonicPipeline:
         and back to their resting place after."""
         named = self._named_models()
         modules = [named[name] for name in sorted(STAGE_MODELS[stage][0]) if name in named]
-        moved = [m for m in modules if self._home(m) != self.device and id(m) not in self._lent]
-        for m in moved:
-            torch.nn.Module.to(m, self.device)
-            self._lent.add(id(m))
+        moved = []
         try:
+            # Moving a model in can run out of memory too: inside the try, so it gets the same advice.
+            for m in modules:
+                if self._home(m) != self.device and id(m) not in self._lent:
+                    moved.append(m)
+                    self._lent.add(id(m))
+                    torch.nn.Module.to(m, self.device)
             yield
         except torch.OutOfMemoryError as exc:
             raise DeviceMemoryError(

@@ -110,9 +110,6 @@ def test_out_of_memory_while_computing_names_the_settings(tiny_zoo, portrait):
     assert "decode_chunk_size" in message and "min_resolution" in message
 
 
-@pytest.mark.xfail(raises=torch.OutOfMemoryError, strict=True,
-                   reason="the pipeline moves a stage's models to the device before the try that turns an OOM "
-                          "into DeviceMemoryError: an OOM while moving escapes as torch's own error")
 def test_out_of_memory_while_moving_a_model_names_the_settings(tiny_zoo, portrait):
     pipe = fresh_pipeline(tiny_zoo, "cuda", torch.float32, "offload")  # everything rests on the CPU
     torch.cuda.synchronize()

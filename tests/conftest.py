@@ -76,7 +76,8 @@ def portrait():
 
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory):
-    """A complete tiny model folder (official layout) built from the golden weights."""
+    """A complete tiny model folder (official layout) holding the golden fixtures' weights (so that
+    tests can compare with the goldens; the default zoo, from seeds, has the same keys and shapes)."""
     from sonic.tools.zoo import write_tiny_zoo
 
-    return write_tiny_zoo(tmp_path_factory.mktemp("zoo") / "checkpoints", layout="official")
+    return write_tiny_zoo(tmp_path_factory.mktemp("zoo") / "checkpoints", layout="official", fixtures_dir=GOLDEN)

@@ -17,23 +17,22 @@ from typing import Iterator
 
 import torch
 
-from .inputs.audio import frame_windows, load_audio, whisper_hidden_states
-from .diffusion.conditioning import audio_conditioning
 from .config import LATENT_DOWNSCALE, SonicConfig
-from .diffusion.decode import decode_latents
 from .devices import resolve_device, resolve_dtype
-from .errors import DeviceMemoryError, ParameterError
-from .inputs.portrait import prepare_portrait
+from .diffusion.conditioning import audio_conditioning
+from .diffusion.decode import decode_latents
 from .diffusion.interpolate import iter_double_frame_rate
-from .placement import STAGE_MODELS, get_policy, rests_on_device
-from .weights.loading import SonicModels
-from .finishing.tail import finish
-from .job import (Conditioning, PreparedJob, ProgressCallback, SonicOutput, SonicStream,
-                  report_progress)
-from .models.image_models import clip_image_embeds, encode_reference
 from .diffusion.sampler import initial_noise, sample_latents
 from .diffusion.schedule import make_schedule
 from .diffusion.timeline import Timeline
+from .errors import DeviceMemoryError, ParameterError
+from .finishing.tail import finish
+from .inputs.audio import frame_windows, load_audio, whisper_hidden_states
+from .inputs.portrait import prepare_portrait
+from .job import Conditioning, PreparedJob, ProgressCallback, SonicOutput, SonicStream, report_progress
+from .models.image_models import clip_image_embeds, encode_reference
+from .placement import STAGE_MODELS, get_policy, rests_on_device
+from .weights.loading import SonicModels
 
 log = logging.getLogger("sonic")
 

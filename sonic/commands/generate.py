@@ -51,9 +51,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from ..config import SonicConfig
     from ..inputs.audio import load_audio
     from ..inputs.face_box import parse_face_box
-    from ..config import SonicConfig
     from ..inputs.image import load_image
     from ..media.video import check_encoder_settings, check_output_path
     from ..weights import find_model_files
@@ -76,8 +76,8 @@ def run(args) -> int:
 
     import torch
 
-    from ..pipeline import SonicPipeline
     from ..media.video import write_mp4
+    from ..pipeline import SonicPipeline
 
     started = time.perf_counter()
     progress = StageProgress(enabled=not args.quiet)

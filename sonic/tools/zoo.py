@@ -28,17 +28,16 @@ from pathlib import Path
 import torch
 
 from ..errors import ParameterError
-from ..weights.locate import BUILTIN_SVD_CONFIGS, SVD_FOLDER, SVD_SINGLE_FILES, WHISPER_FOLDER
+from ..weights.locate import BUILTIN_SVD_CONFIGS, LAYOUTS, OFFICIAL_LAYOUT, SVD_FOLDER, SVD_SINGLE_FILES, WHISPER_FOLDER
 from . import tiny_configs
 from .tiny_weights import WEIGHTS_SEED, golden_weights, seeded_weights
 
-LAYOUTS = ("official", "comfyui")
 FILE_FORMATS = ("pickle", "safetensors")
 CLIP_SEED = 20250601
 TINY_CLIP = tiny_configs.clip_config()  # projection_dim equals the tiny UNet's context width (12)
 
 
-def write_tiny_zoo(dest, *, layout: str = "official", fixtures_dir=None, file_format: str = "pickle",
+def write_tiny_zoo(dest, *, layout: str = OFFICIAL_LAYOUT, fixtures_dir=None, file_format: str = "pickle",
                    with_face_detector: bool = False, svd_single_file: bool = False) -> Path:
     """Write the tiny zoo under `dest`; returns the folder to pass as `models_dir`.
 
@@ -67,7 +66,7 @@ def write_tiny_zoo(dest, *, layout: str = "official", fixtures_dir=None, file_fo
     else:
         weights, source = golden_weights(fixtures_dir), f"from the golden fixtures in {fixtures_dir}"
     dest = Path(dest).expanduser()
-    if layout == "official":
+    if layout == OFFICIAL_LAYOUT:
         models_dir, sonic_dir, rife_dir = dest, dest / "Sonic", dest / "RIFE"
         root = dest
     else:

@@ -10,12 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
-from PIL import Image
-
 from conftest import FACE, SR, speech_like
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 WHEEL_SOURCES = ("pyproject.toml", "README.md", "LICENSE", "sonic")  # what the build reads

@@ -48,9 +48,11 @@ def portrait():
 
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory):
-    """A complete tiny model folder (official layout) built from the golden weights."""
+    """A complete tiny model folder (official layout) holding the golden fixtures' weights (so that
+    tests can compare with the goldens; the default zoo, from seeds, has the same keys and shapes)."""
     from sonic.tools.zoo import write_tiny_zoo
 
+<<<<<<< HEAD
     return write_tiny_zoo(tmp_path_factory.mktemp("zoo") / "checkpoints", layout="official")
 
 
@@ -66,3 +68,6 @@ def golden_unet():
     model = build_sonic_unet(json.loads((GOLDEN / "unet_forward" / "config.json").read_text())["unet_config"])
     model.load_state_dict(golden_unet_state(), strict=True)
     return model.eval()
+=======
+    return write_tiny_zoo(tmp_path_factory.mktemp("zoo") / "checkpoints", layout="official", fixtures_dir=GOLDEN)
+>>>>>>> wheelzoo

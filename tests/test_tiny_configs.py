@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import GOLDEN
+from helpers import GOLDEN
 
 from sonic.tools import tiny_configs
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from conftest import FACE, SR, speech_like
+from helpers import FACE, SR, speech_like
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]

@@ -52,8 +52,9 @@ def tiny_zoo(tmp_path_factory):
     tests can compare with the goldens; the default zoo, from seeds, has the same keys and shapes)."""
     from sonic.tools.zoo import write_tiny_zoo
 
-<<<<<<< HEAD
-    return write_tiny_zoo(tmp_path_factory.mktemp("zoo") / "checkpoints", layout="official")
+    from helpers import GOLDEN
+
+    return write_tiny_zoo(tmp_path_factory.mktemp("zoo") / "checkpoints", layout="official", fixtures_dir=GOLDEN)
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +69,3 @@ def golden_unet():
     model = build_sonic_unet(json.loads((GOLDEN / "unet_forward" / "config.json").read_text())["unet_config"])
     model.load_state_dict(golden_unet_state(), strict=True)
     return model.eval()
-=======
-    return write_tiny_zoo(tmp_path_factory.mktemp("zoo") / "checkpoints", layout="official", fixtures_dir=GOLDEN)
->>>>>>> wheelzoo

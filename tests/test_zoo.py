@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import SVD_CONFIGS, golden_unet_state, load_golden
+from helpers import GOLDEN, SVD_CONFIGS, golden_unet_state, load_golden
 
 from sonic.errors import ParameterError, WeightsError
 from sonic.weights import (BUILTIN_SVD_CONFIGS, HINTS, check_state_dict, convert_checkpoints, find_model_files,

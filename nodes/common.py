@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from typing import Iterator
 
@@ -39,41 +38,6 @@ def register_model_folder() -> None:
     if default not in paths:
         paths.append(default)
     folder_paths.folder_names_and_paths[MODEL_FOLDER_KEY] = (paths, set(MODEL_EXTENSIONS))
-
-
-def declared_range_problem(node_class, **values) -> str | None:
-    """Every value outside the min/max that `node_class.INPUT_TYPES()` declares for it, else None.
-
-    ComfyUI skips its own min/max check for each input that a node's VALIDATE_INPUTS names,
-    so every VALIDATE_INPUTS passes its numeric inputs here. Linked inputs arrive as None and
-    values ComfyUI failed to convert to numbers are left to its own error.
-    """
-    declared = _declared_options(node_class)
-    problems = []
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or name not in declared:
-            continue
-        low, high = declared[name].get("min"), declared[name].get("max")
-        outside = (low is not None and value < low) or (high is not None and value > high)
-        if outside or not math.isfinite(value):
-            problems.append(f"{name} must be {_range_text(low, high)}, got {value}")
-    return "; ".join(problems) or None
-
-
-def _declared_options(node_class) -> dict[str, dict]:
-    """Input name -> its options dict (required and optional inputs)."""
-    options = {}
-    for category in ("required", "optional"):
-        for name, spec in node_class.INPUT_TYPES().get(category, {}).items():
-            if len(spec) > 1 and isinstance(spec[1], dict):
-                options[name] = spec[1]
-    return options
-
-
-def _range_text(low, high) -> str:
-    if low is not None and high is not None:
-        return f"between {low} and {high}"
-    return f">= {low}" if low is not None else f"<= {high}"
 
 
 class SonicLatents:

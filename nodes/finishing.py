@@ -9,7 +9,7 @@ import folder_paths
 
 from sonic.config import DEFAULT_FEATHER_PX, MAX_SYNC_SHIFT_MS
 
-from .common import (CATEGORY, SONIC_MODEL, SONIC_PREDATA, ComfyProgress, comfy_errors, declared_range_problem,
+from .common import (CATEGORY, SONIC_MODEL, SONIC_PREDATA, ComfyProgress, comfy_errors,
                      make_room, release_memory)
 from .paths import UnsafePathError, resolve_media_path
 
@@ -84,15 +84,11 @@ class SonicPostProcess:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, output_fps=0.0, lip_sync="off", sync_offset_ms=0.0, feather=DEFAULT_FEATHER_PX):
-        out_of_range = declared_range_problem(cls, output_fps=output_fps, sync_offset_ms=sync_offset_ms,
-                                              feather=feather)
-        if out_of_range:
-            return out_of_range
-        if lip_sync not in SYNC_MODES:
-            return f"lip_sync must be one of {SYNC_MODES}, got {lip_sync!r}"
-        if output_fps is not None and output_fps != 0 and not 1 <= output_fps <= 120:
-            return f"output_fps must be 0 (keep) or between 1 and 120 frames per second, got {output_fps}"
+    def VALIDATE_INPUTS(cls, output_fps=0.0):
+        # One input only (ComfyUI attaches the message to every input named here); it is checked in
+        # full because naming it turns off ComfyUI's own min/max check for it.
+        if output_fps is not None and not (output_fps == 0 or 1 <= output_fps <= 120):
+            return f"output_fps must be 0.0 (keep) or between 1.0 and 120.0 frames per second, got {output_fps}"
         return True
 
     def process(self, sonic_model, predata, frames, fps, interpolation, lip_sync="off", smoothing=0.0,
@@ -198,9 +194,8 @@ class SonicVideoOutput:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, filename_prefix, preset="medium"):
-        if preset not in X264_PRESETS:
-            return f"preset must be one of {X264_PRESETS}, got {preset!r}"
+    def VALIDATE_INPUTS(cls, filename_prefix):
+        # preset is left to ComfyUI's own list check: a message returned here is attached to every named input.
         if not isinstance(filename_prefix, str) or not filename_prefix.strip():
             return "filename_prefix must not be empty"
         if os.path.isabs(filename_prefix) or ".." in filename_prefix.replace("\\", "/").split("/"):

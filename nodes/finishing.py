@@ -9,8 +9,8 @@ import folder_paths
 
 from sonic.config import DEFAULT_FEATHER_PX, MAX_SYNC_SHIFT_MS
 
-from .common import (CATEGORY, SONIC_MODEL, SONIC_PREDATA, ComfyProgress, comfy_errors,
-                     make_room, release_memory)
+from .common import (CATEGORY, SONIC_MODEL, SONIC_PREDATA, ComfyProgress, comfy_errors, log, make_room,
+                     release_memory)
 from .paths import UnsafePathError, resolve_media_path
 
 SYNC_MODES = ["off", "auto", "manual"]
@@ -220,16 +220,27 @@ class SonicVideoOutput:
         if audio is not None:
             waveform = audio["waveform"][0].float().cpu().numpy()  # [C, S]
             rate = int(audio["sample_rate"])
-        metadata = provenance_from_prompt(prompt)
-        if not _metadata_disabled():
-            if prompt is not None:
-                metadata["prompt"] = prompt
-            for key, value in (extra_pnginfo or {}).items():
-                metadata[str(key)] = value
         write_mp4(os.path.join(full_folder, file), frames, fps=float(fps), audio=waveform, sample_rate=rate, crf=int(crf),
-                  preset=preset, metadata=json.loads(json.dumps(metadata, default=str)), overwrite=False)
+                  preset=preset, metadata=json.loads(json.dumps(provenance_from_prompt(prompt), default=str)),
+                  tags=graph_tags(prompt, extra_pnginfo), overwrite=False)
         preview = {"filename": file, "subfolder": subfolder, "type": "output"}
         return {"ui": {"images": [preview], "animated": [True]}, "result": (frames, audio, float(fps))}
+
+
+def graph_tags(prompt: dict | None, extra_pnginfo: dict | None) -> dict:
+    """`prompt` and each extra_pnginfo key (the UI `workflow`) as their own MP4 tags, as core SaveVideo
+    writes them: the frontend reopens a dropped MP4's graph from those keys. None with --disable-metadata."""
+    from sonic.video import is_tag_name
+
+    if _metadata_disabled():
+        return {}
+    tags = {str(key): value for key, value in (extra_pnginfo or {}).items()}
+    if prompt is not None:
+        tags["prompt"] = prompt
+    skipped = [key for key in tags if not is_tag_name(key)]
+    if skipped:
+        log.warning("Sonic Video Output: not embedding extra_pnginfo keys %s (not usable as MP4 tag names)", skipped)
+    return json.loads(json.dumps({k: v for k, v in tags.items() if k not in skipped}, default=str))
 
 
 def _metadata_disabled() -> bool:

@@ -103,6 +103,7 @@ def test_preset_runs_to_an_mp4_with_sound(comfy_server, tmp_path, name):
         assert (facts["width"], facts["height"]) == (64, 64), facts
     tags = read_sonic_tags(video)
     assert tags["ai_generated"] is True
-    assert tags["workflow"]["nodes"] == ui_workflow["nodes"], "UI workflow not embedded"
-    assert tags["prompt"]["5"]["inputs"]["inference_steps"] == 2
     assert len(tags["image_sha256"]) == 64 and len(tags["audio_sha256"]) == 64
+    # The frontend reopens a dropped MP4 from these two tags (as written by core SaveVideo).
+    assert json.loads(facts["tags"]["workflow"])["nodes"] == ui_workflow["nodes"], "UI workflow not embedded"
+    assert json.loads(facts["tags"]["prompt"])["5"]["inputs"]["inference_steps"] == 2

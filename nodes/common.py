@@ -62,13 +62,16 @@ class ComfyProgress:
 
     The pipeline calls it once per unit of work (a UNet call while sampling, a chunk while
     decoding); raising from it aborts the stage. `interrupted` remembers that the raise was an
-    interrupt so `comfy_errors` can hand the executor the exception type it expects.
+    interrupt so `comfy_errors` can hand the executor the exception type it expects. While
+    sampling, each call carries a latent of one frame: it becomes a preview picture through
+    ComfyUI's own latent previewer, so the user's preview setting (none, latent2rgb, taesd) holds.
     """
 
     def __init__(self, node_id: str | None = None):
         self.node_id = node_id
         self.interrupted = False
         self._bars: dict[str, object] = {}
+        self._previewer = None  # None: not looked up yet; False: previews are off
 
     def __call__(self, info) -> None:
         import comfy.utils
@@ -78,11 +81,22 @@ class ComfyProgress:
             bar = comfy.utils.ProgressBar(max(int(info.total), 1), **self._node_kwargs())
             self._bars[info.stage] = bar
         try:
-            bar.update_absolute(int(info.done), max(int(info.total), 1))
+            bar.update_absolute(int(info.done), max(int(info.total), 1), self._preview(info))
             model_management().throw_exception_if_processing_interrupted()
         except BaseException:
             self.interrupted = True
             raise
+
+    def _preview(self, info):
+        """('JPEG', PIL image, max size) for ProgressBar, or None (no latent, or previews off)."""
+        latent = getattr(info, "preview_latent", None)
+        if latent is None:
+            return None
+        if self._previewer is None:
+            self._previewer = svd_latent_previewer() or False
+        if not self._previewer:
+            return None
+        return self._previewer.decode_latent_to_preview_image("JPEG", latent.float())
 
     def _node_kwargs(self) -> dict:
         # ProgressBar(node_id=...) exists on 0.3.x cores only; older ones take the total alone.
@@ -93,6 +107,18 @@ class ComfyProgress:
         if self.node_id is not None and "node_id" in inspect.signature(comfy.utils.ProgressBar.__init__).parameters:
             return {"node_id": self.node_id}
         return {}
+
+
+def svd_latent_previewer():
+    """ComfyUI's previewer for SVD's latent space (the SD VAE's), per its current preview setting, or None.
+
+    It is looked up per run: the frontend may change the setting with each queued prompt."""
+    try:
+        import latent_preview
+        from comfy import latent_formats
+    except ImportError:  # a core without latent previews
+        return None
+    return latent_preview.get_previewer(model_management().get_torch_device(), latent_formats.SD15())
 
 
 @contextlib.contextmanager

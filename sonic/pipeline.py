@@ -49,6 +49,9 @@ class ProgressInfo:
     stage: str  # "audio", "conditioning", "sampling", "decode", "interpolate"
     done: int
     total: int
+    # While sampling: the clean-latent estimate (1, 4, h, w) of one frame, scaled by the VAE factor
+    # 0.18215, for a preview picture (e.g. ComfyUI's latent previewer); None otherwise.
+    preview_latent: torch.Tensor | None = None
 
 
 ProgressCallback = Callable[[ProgressInfo], None]
@@ -298,7 +301,10 @@ class SonicPipeline:
         _set_audio_scale(unet, cfg.ip_audio_scale)
 
         def on_call(info) -> None:
-            _report(callback, "sampling", _get(info, "call"), _get(info, "total_calls"))
+            if callback is not None:
+                latent = info.get("denoised") if isinstance(info, dict) else getattr(info, "denoised", None)
+                callback(ProgressInfo(stage="sampling", done=int(_get(info, "call")),
+                                      total=int(_get(info, "total_calls")), preview_latent=latent))
 
         with self._using(unet):
             latents = sample_latents(

@@ -193,7 +193,7 @@ def test_batch_of_four_jobs_with_one_broken_audio(comfy_server, tmp_path, capsys
                     f"{media['portrait']},{media['broken_audio']}\n"
                     f"{media['portrait']},{quieter}\n")
     out = tmp_path / "videos"
-    code = queue_command(["--server", comfy_server.url, "--workflow", str(REPO / "workflows" / "sonic_fast.json"),
+    code = queue_command(["--server", comfy_server.url, "--workflow", str(REPO / "example_workflows" / "Sonic talking head - fast (512 px, 15 steps).json"),
                           "--jobs", str(jobs), "--out", str(out), "--quiet", "--set", "min_resolution=64",
                           "--set", "inference_steps=2", "--set", "duration=1.0", "--timeout", "300"])
     printed = capsys.readouterr().out

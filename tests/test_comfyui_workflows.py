@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,17 @@ pytestmark = pytest.mark.comfyui
 
 WORKFLOWS = REPO / "workflows"
 PRESETS = ["sonic_fast", "sonic_high_quality"]
+
+
+def ui_preset(name: str) -> Path:
+    """The UI workflow of a preset: example_workflows/<title>.json (build_presets.py names it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_presets", WORKFLOWS / "build_presets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert sorted(module.PRESETS) == PRESETS
+    return module.template_path(name)
 
 
 def load(path: Path) -> dict:
@@ -29,11 +41,30 @@ def test_ui_preset_converts_to_its_api_twin(comfy_server, name):
     from sonic.comfy_client import ComfyClient, ui_to_api
 
     info = ComfyClient(comfy_server.url).object_info()
-    converted = ui_to_api(load(WORKFLOWS / f"{name}.json"), info)
+    converted = ui_to_api(load(ui_preset(name)), info)
     assert without_meta(converted) == without_meta(load(WORKFLOWS / "api" / f"{name}.json"))
     classes = {node["class_type"] for node in converted.values()}
     assert classes <= set(info), f"unknown node types {classes - set(info)}"
-    assert (WORKFLOWS / f"{name}.jpg").stat().st_size > 1000, "thumbnail missing"
+    assert ui_preset(name).with_suffix(".jpg").stat().st_size > 1000, "thumbnail missing"
+
+
+def test_templates_browser_lists_each_preset_once_under_its_title_with_its_thumbnail(comfy_server):
+    """Custom-node templates show their file name as title and description and <name>.jpg as thumbnail."""
+    from urllib.parse import quote
+
+    from sonic.comfy_client import ComfyClient
+
+    client = ComfyClient(comfy_server.url)
+    listed = client.get_json("/workflow_templates")
+    titles = [ui_preset(name).stem for name in PRESETS]
+    assert sorted(listed["comfyui-sonic"]) == sorted(titles), listed  # nothing else: no index, no API twins
+    for title in titles:
+        for suffix in (".json", ".jpg"):
+            with urllib.request.urlopen(f"{comfy_server.url}/api/workflow_templates/comfyui-sonic/"
+                                        f"{quote(title + suffix)}", timeout=30) as answer:
+                assert answer.status == 200 and len(answer.read()) > 1000, title + suffix
+    labels = client.get_json("/i18n")["en"]["templateWorkflows"]["category"]
+    assert labels["comfyui-sonic"] == "Sonic talking heads", labels
 
 
 def test_presets_differ_where_the_issue_says():
@@ -82,7 +113,7 @@ def test_preset_runs_to_an_mp4_with_sound(comfy_server, tmp_path, name):
 
     prompt = apply_test_settings(load(WORKFLOWS / "api" / f"{name}.json"), fast_overrides())
     apply_test_settings(prompt, {"image": "portrait.png", "audio": "speech.wav"})
-    ui_workflow = load(WORKFLOWS / f"{name}.json")
+    ui_workflow = load(ui_preset(name))
     prompt_id, messages = run_prompt(comfy_server, prompt, extra_data={"extra_pnginfo": {"workflow": ui_workflow}})
     end = final_message(messages)
     assert end["type"] == "execution_success", f"{end}\n{comfy_server.log()}"

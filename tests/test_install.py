@@ -64,6 +64,7 @@ NO_EDITABLE = ("import runpy, sys; "
                "sys.argv[0] = 'main.py'; runpy.run_path('main.py', run_name='__main__')")
 
 
+@pytest.mark.comfyui
 def test_pack_installed_the_manager_way_runs_with_weights_from_extra_model_paths(tmp_path, comfy_paths):
     """Copy into custom_nodes, requirements already satisfied, every node registered, and the fast preset runs
     on weights found through extra_model_paths.yaml (keys `sonic` and `checkpoints`): all without

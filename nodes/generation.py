@@ -91,7 +91,7 @@ class SONIC_PreData:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, face_box):
+    def VALIDATE_INPUTS(cls, face_box=""):
         # ComfyUI attaches the returned message to every input named here, so one input only: the others
         # keep its own min/max and list checks; min_resolution's step and face = box need run_checks.
         if str(face_box or "").strip():

@@ -57,11 +57,6 @@ def test_object_info_lists_every_node_with_documented_inputs(comfy_server):
     assert info["SonicInference"]["input"]["required"]["seed"][1].get("control_after_generate") is True
 
 
-def test_presets_are_listed_as_templates(comfy_server):
-    templates = client_for(comfy_server).get_json("/workflow_templates")
-    assert sorted(templates.get(PACK_LINK_NAME, [])) == ["sonic_fast", "sonic_high_quality"], templates
-
-
 def test_pack_imports_on_the_2024_core(comfy_paths, tmp_path):
     old_core = comfy_paths[1]
     link = tmp_path / PACK_LINK_NAME

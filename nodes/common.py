@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from typing import Iterator
 
@@ -41,41 +40,6 @@ def register_model_folder() -> None:
     folder_paths.folder_names_and_paths[MODEL_FOLDER_KEY] = (paths, set(MODEL_EXTENSIONS))
 
 
-def declared_range_problem(node_class, **values) -> str | None:
-    """Every value outside the min/max that `node_class.INPUT_TYPES()` declares for it, else None.
-
-    ComfyUI skips its own min/max check for each input that a node's VALIDATE_INPUTS names,
-    so every VALIDATE_INPUTS passes its numeric inputs here. Linked inputs arrive as None and
-    values ComfyUI failed to convert to numbers are left to its own error.
-    """
-    declared = _declared_options(node_class)
-    problems = []
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or name not in declared:
-            continue
-        low, high = declared[name].get("min"), declared[name].get("max")
-        outside = (low is not None and value < low) or (high is not None and value > high)
-        if outside or not math.isfinite(value):
-            problems.append(f"{name} must be {_range_text(low, high)}, got {value}")
-    return "; ".join(problems) or None
-
-
-def _declared_options(node_class) -> dict[str, dict]:
-    """Input name -> its options dict (required and optional inputs)."""
-    options = {}
-    for category in ("required", "optional"):
-        for name, spec in node_class.INPUT_TYPES().get(category, {}).items():
-            if len(spec) > 1 and isinstance(spec[1], dict):
-                options[name] = spec[1]
-    return options
-
-
-def _range_text(low, high) -> str:
-    if low is not None and high is not None:
-        return f"between {low} and {high}"
-    return f">= {low}" if low is not None else f"<= {high}"
-
-
 class SonicLatents:
     """Output of SonicInference: latents (1, N, 4, h, w) float32 on the CPU and their job."""
 
@@ -98,13 +62,16 @@ class ComfyProgress:
 
     The pipeline calls it once per unit of work (a UNet call while sampling, a chunk while
     decoding); raising from it aborts the stage. `interrupted` remembers that the raise was an
-    interrupt so `comfy_errors` can hand the executor the exception type it expects.
+    interrupt so `comfy_errors` can hand the executor the exception type it expects. While
+    sampling, each call carries a latent of one frame: it becomes a preview picture through
+    ComfyUI's own latent previewer, so the user's preview setting (none, latent2rgb, taesd) holds.
     """
 
     def __init__(self, node_id: str | None = None):
         self.node_id = node_id
         self.interrupted = False
         self._bars: dict[str, object] = {}
+        self._previewer = None  # None: not looked up yet; False: previews are off
 
     def __call__(self, info) -> None:
         import comfy.utils
@@ -114,11 +81,22 @@ class ComfyProgress:
             bar = comfy.utils.ProgressBar(max(int(info.total), 1), **self._node_kwargs())
             self._bars[info.stage] = bar
         try:
-            bar.update_absolute(int(info.done), max(int(info.total), 1))
+            bar.update_absolute(int(info.done), max(int(info.total), 1), self._preview(info))
             model_management().throw_exception_if_processing_interrupted()
         except BaseException:
             self.interrupted = True
             raise
+
+    def _preview(self, info):
+        """('JPEG', PIL image, max size) for ProgressBar, or None (no latent, or previews off)."""
+        latent = getattr(info, "preview_latent", None)
+        if latent is None:
+            return None
+        if self._previewer is None:
+            self._previewer = svd_latent_previewer() or False
+        if not self._previewer:
+            return None
+        return self._previewer.decode_latent_to_preview_image("JPEG", latent.float())
 
     def _node_kwargs(self) -> dict:
         # ProgressBar(node_id=...) exists on 0.3.x cores only; older ones take the total alone.
@@ -129,6 +107,18 @@ class ComfyProgress:
         if self.node_id is not None and "node_id" in inspect.signature(comfy.utils.ProgressBar.__init__).parameters:
             return {"node_id": self.node_id}
         return {}
+
+
+def svd_latent_previewer():
+    """ComfyUI's previewer for SVD's latent space (the SD VAE's), per its current preview setting, or None.
+
+    It is looked up per run: the frontend may change the setting with each queued prompt."""
+    try:
+        import latent_preview
+        from comfy import latent_formats
+    except ImportError:  # a core without latent previews
+        return None
+    return latent_preview.get_previewer(model_management().get_torch_device(), latent_formats.SD15())
 
 
 @contextlib.contextmanager

@@ -9,8 +9,8 @@ import folder_paths
 
 from sonic.config import DEFAULT_FEATHER_PX, MAX_SYNC_SHIFT_MS
 
-from .common import (CATEGORY, SONIC_MODEL, SONIC_PREDATA, ComfyProgress, comfy_errors, declared_range_problem,
-                     make_room, release_memory)
+from .common import (CATEGORY, SONIC_MODEL, SONIC_PREDATA, ComfyProgress, comfy_errors, log, make_room,
+                     release_memory)
 from .paths import UnsafePathError, resolve_media_path
 
 SYNC_MODES = ["off", "auto", "manual"]
@@ -84,15 +84,11 @@ class SonicPostProcess:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, output_fps=0.0, lip_sync="off", sync_offset_ms=0.0, feather=DEFAULT_FEATHER_PX):
-        out_of_range = declared_range_problem(cls, output_fps=output_fps, sync_offset_ms=sync_offset_ms,
-                                              feather=feather)
-        if out_of_range:
-            return out_of_range
-        if lip_sync not in SYNC_MODES:
-            return f"lip_sync must be one of {SYNC_MODES}, got {lip_sync!r}"
-        if output_fps is not None and output_fps != 0 and not 1 <= output_fps <= 120:
-            return f"output_fps must be 0 (keep) or between 1 and 120 frames per second, got {output_fps}"
+    def VALIDATE_INPUTS(cls, output_fps=0.0):
+        # One input only (ComfyUI attaches the message to every input named here); it is checked in
+        # full because naming it turns off ComfyUI's own min/max check for it.
+        if output_fps is not None and not (output_fps == 0 or 1 <= output_fps <= 120):
+            return f"output_fps must be 0.0 (keep) or between 1.0 and 120.0 frames per second, got {output_fps}"
         return True
 
     def process(self, sonic_model, predata, frames, fps, interpolation, lip_sync="off", smoothing=0.0,
@@ -182,9 +178,8 @@ class SonicVideoOutput:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, filename_prefix, preset="medium"):
-        if preset not in X264_PRESETS:
-            return f"preset must be one of {X264_PRESETS}, got {preset!r}"
+    def VALIDATE_INPUTS(cls, filename_prefix):
+        # preset is left to ComfyUI's own list check: a message returned here is attached to every named input.
         if not isinstance(filename_prefix, str) or not filename_prefix.strip():
             return "filename_prefix must not be empty"
         if os.path.isabs(filename_prefix) or ".." in filename_prefix.replace("\\", "/").split("/"):
@@ -209,16 +204,27 @@ class SonicVideoOutput:
         if audio is not None:
             waveform = audio["waveform"][0].float().cpu().numpy()  # [C, S]
             rate = int(audio["sample_rate"])
-        metadata = provenance_from_prompt(prompt)
-        if not _metadata_disabled():
-            if prompt is not None:
-                metadata["prompt"] = prompt
-            for key, value in (extra_pnginfo or {}).items():
-                metadata[str(key)] = value
         write_mp4(os.path.join(full_folder, file), frames, fps=float(fps), audio=waveform, sample_rate=rate, crf=int(crf),
-                  preset=preset, metadata=json.loads(json.dumps(metadata, default=str)), overwrite=False)
+                  preset=preset, metadata=json.loads(json.dumps(provenance_from_prompt(prompt), default=str)),
+                  tags=graph_tags(prompt, extra_pnginfo), overwrite=False)
         preview = {"filename": file, "subfolder": subfolder, "type": "output"}
         return {"ui": {"images": [preview], "animated": [True]}, "result": (frames, audio, float(fps))}
+
+
+def graph_tags(prompt: dict | None, extra_pnginfo: dict | None) -> dict:
+    """`prompt` and each extra_pnginfo key (the UI `workflow`) as their own MP4 tags, as core SaveVideo
+    writes them: the frontend reopens a dropped MP4's graph from those keys. None with --disable-metadata."""
+    from sonic.video import is_tag_name
+
+    if _metadata_disabled():
+        return {}
+    tags = {str(key): value for key, value in (extra_pnginfo or {}).items()}
+    if prompt is not None:
+        tags["prompt"] = prompt
+    skipped = [key for key in tags if not is_tag_name(key)]
+    if skipped:
+        log.warning("Sonic Video Output: not embedding extra_pnginfo keys %s (not usable as MP4 tag names)", skipped)
+    return json.loads(json.dumps({k: v for k, v in tags.items() if k not in skipped}, default=str))
 
 
 def _metadata_disabled() -> bool:

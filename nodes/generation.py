@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .common import (CATEGORY, SONIC_LATENTS, SONIC_MODEL, SONIC_PREDATA, ComfyProgress, SonicLatents, comfy_errors,
-                     config_range, declared_range_problem, make_room, release_memory)
+                     config_range, make_room, release_memory)
 
 FACE_MODES = ["detect", "full_image", "box"]
 OOM_KNOBS = ("lower min_resolution, set the loader's memory_policy to 'offload' or 'lowvram', "
@@ -76,14 +76,10 @@ class SONIC_PreData:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, duration, min_resolution, expand_ratio, face="detect", face_box=""):
-        out_of_range = declared_range_problem(cls, duration=duration, min_resolution=min_resolution,
-                                              expand_ratio=expand_ratio)
-        if out_of_range:
-            return out_of_range
-        if face not in FACE_MODES:
-            return f"face must be one of {FACE_MODES}, got {face!r}"
-        if face == "box":
+    def VALIDATE_INPUTS(cls, face_box=""):
+        # ComfyUI attaches the returned message to every input named here, so one input only: the others
+        # keep its own min/max and list checks; min_resolution's step and face = box need run_checks.
+        if str(face_box or "").strip():
             from sonic.errors import ParameterError
             from sonic.inputs.face_box import parse_face_box
 
@@ -92,9 +88,17 @@ class SONIC_PreData:
                     return "face = box needs four numbers x1,y1,x2,y2 in face_box (input-image pixels)"
             except ParameterError as exc:
                 return str(exc)
-        if min_resolution is not None and min_resolution % 64:
-            return f"min_resolution must be a multiple of 64 pixels, got {min_resolution}"
-        return settings_problem(min_resolution=min_resolution, expand_ratio=expand_ratio) or True
+        return True
+
+    @staticmethod
+    def run_checks(min_resolution: int, face: str, face_box: str) -> None:
+        """What VALIDATE_INPUTS cannot see without naming a second input; cheap, before any weights load."""
+        from sonic.errors import ParameterError
+
+        if min_resolution % 64:
+            raise ParameterError(f"min_resolution must be a multiple of 64 pixels, got {min_resolution}")
+        if face == "box" and not str(face_box or "").strip():
+            raise ParameterError("face = box needs face_box: type the face's x1,y1,x2,y2 (input-image pixels)")
 
     def prepare(self, sonic_model, image, audio, duration, min_resolution, expand_ratio, face="detect", face_index=-1,
                 face_box="", crop=True):
@@ -102,6 +106,7 @@ class SONIC_PreData:
 
         # Cheap checks first: the model loader only checked the files, the weights load below.
         self.check_duration(audio, duration)
+        self.run_checks(min_resolution, face, face_box)
         box = {"detect": None, "full_image": "full", "box": None}[face]
         if face == "box":
             from sonic.inputs.face_box import parse_face_box
@@ -183,16 +188,17 @@ class SonicInference:
     ADVANCED = ("motion_scale", "i2i_noise_strength", "min_appearance_guidance", "max_appearance_guidance",
                 "audio_guidance", "frames_per_window", "window_overlap", "shift_offset", "ip_audio_scale")
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, inference_steps, i2i_noise_strength=1.0, frames_per_window=25, window_overlap=0):
-        # Only settings that constrain each other are named here; the rest keep ComfyUI's min/max checks.
-        settings = dict(inference_steps=inference_steps, i2i_noise_strength=i2i_noise_strength,
-                        frames_per_window=frames_per_window, window_overlap=window_overlap)
-        return (declared_range_problem(cls, **settings)
-                or settings_problem(**{k: v for k, v in settings.items() if v is not None}) or True)
+    # No VALIDATE_INPUTS: ComfyUI would attach its message to every input it names, and the only
+    # checks beyond the declared ranges tie two inputs together; `sample` runs them before any work.
 
     def sample(self, sonic_model, predata, seed, inference_steps, dynamic_scale, unique_id=None, **optional):
         advanced = {k: v for k, v in optional.items() if k in self.ADVANCED}
+        problem = settings_problem(inference_steps=inference_steps, **{
+            k: advanced[k] for k in ("i2i_noise_strength", "frames_per_window", "window_overlap") if k in advanced})
+        if problem:
+            from sonic.errors import ParameterError
+
+            raise ParameterError(problem)
         motion_scale = advanced.pop("motion_scale", None)
         strength = advanced.pop("i2i_noise_strength", None)
         progress = ComfyProgress(unique_id)

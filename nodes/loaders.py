@@ -96,15 +96,9 @@ class SonicModelLoader:
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, svd_model, dtype, memory_policy, face_detector):
-        if svd_model != AUTO and folder_paths.get_full_path("checkpoints", svd_model) is None:
-            return f"svd_model {svd_model!r} is not in models/checkpoints; choose 'auto' or refresh the list"
-        if dtype not in DTYPES:
-            return f"dtype must be one of {DTYPES}, got {dtype!r}"
-        if memory_policy not in MEMORY_POLICIES:
-            return f"memory_policy must be one of {MEMORY_POLICIES}, got {memory_policy!r}"
-        if face_detector not in (AUTO, "yoloface", "opencv"):
-            return f"face_detector must be auto, yoloface or opencv, got {face_detector!r}"
+    def VALIDATE_INPUTS(cls, dtype):
+        # Only dtype needs more than ComfyUI's own list check; naming other inputs would repeat this
+        # message under each of them.
         if dtype == "fp16" and model_management().get_torch_device().type == "cpu":
             return "dtype fp16 is extremely slow on the CPU and not supported; choose auto, fp32 or bf16"
         return True

@@ -28,6 +28,9 @@ class ProgressInfo:
     stage: str  # "audio", "conditioning", "sampling", "decode", "interpolate"
     done: int
     total: int
+    # While sampling: the clean-latent estimate (1, 4, h, w) of one frame, scaled by the VAE factor
+    # 0.18215, for a preview picture (e.g. ComfyUI's latent previewer); None otherwise.
+    preview_latent: torch.Tensor | None = None
 
 
 ProgressCallback = Callable[[ProgressInfo], None]

@@ -29,7 +29,7 @@ from .errors import DeviceMemoryError, ParameterError
 from .finishing.tail import finish
 from .inputs.audio import frame_windows, load_audio, whisper_hidden_states
 from .inputs.portrait import prepare_portrait
-from .job import Conditioning, PreparedJob, ProgressCallback, SonicOutput, SonicStream, report_progress
+from .job import Conditioning, PreparedJob, ProgressCallback, ProgressInfo, SonicOutput, SonicStream, report_progress
 from .models.image_models import clip_image_embeds, encode_reference
 from .placement import STAGE_MODELS, get_policy, rests_on_device
 from .weights.loading import SonicModels
@@ -223,7 +223,10 @@ class SonicPipeline:
         unet = self.models.unet
 
         def on_call(info) -> None:
-            report_progress(callback, "sampling", _get(info, "call"), _get(info, "total_calls"))
+            if callback is not None:
+                latent = info.get("denoised") if isinstance(info, dict) else getattr(info, "denoised", None)
+                callback(ProgressInfo(stage="sampling", done=int(_get(info, "call")),
+                                      total=int(_get(info, "total_calls")), preview_latent=latent))
 
         with self._stage("sampling"):
             latents = sample_latents(

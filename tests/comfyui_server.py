@@ -66,16 +66,19 @@ def make_base_directory(base: Path, *, with_models: bool = True) -> Path:
 class ComfyServer:
     """One running ComfyUI process."""
 
-    def __init__(self, comfy_dir: Path, base: Path, *, extra_args: tuple[str, ...] = ()):
+    def __init__(self, comfy_dir: Path, base: Path, *, extra_args: tuple[str, ...] = (),
+                 launch: tuple[str, ...] = ("main.py",), env: dict | None = None):
+        """`launch`: what follows the interpreter (default main.py); `env`: the environment (default ours)."""
         self.comfy_dir, self.base = comfy_dir, base
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "server.log"
         self._log = open(self.log_path, "wb")
-        args = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        args = [sys.executable, *launch, "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                 "--disable-api-nodes", "--base-directory", str(base), "--front-end-root", str(base / "frontend"),
                 "--database-url", f"sqlite:///{base / 'user' / 'comfyui.db'}", *extra_args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
+        env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2",
+               "HF_HUB_OFFLINE": "1"}
         self.process = subprocess.Popen(args, cwd=comfy_dir, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
 
@@ -212,3 +215,13 @@ def comfy_server(tmp_path_factory, comfy_paths):
     finally:
         server.stop()
         shutil.rmtree(base / "output", ignore_errors=True)
+
+
+def ui_preset(name: str) -> Path:
+    """The UI workflow of a preset: workflows/<title>.json (build_presets.py names it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_presets", REPO / "workflows" / "build_presets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.template_path(name)

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from comfyui_server import REPO, write_test_media
+from comfyui_server import REPO, ui_preset, write_test_media
 
 from sonic.cli import main
 from sonic.tools.comfy_client import (apply_overrides, fill_media, parse_set_options, read_jobs, ui_to_api,
@@ -192,7 +192,7 @@ def test_batch_of_four_jobs_with_one_broken_audio(comfy_server, tmp_path, capsys
                     f"{media['portrait']},{media['broken_audio']}\n"
                     f"{media['portrait']},{quieter}\n")
     out = tmp_path / "videos"
-    code = main(["queue", "--server", comfy_server.url, "--workflow", str(REPO / "workflows" / "sonic_fast.json"),
+    code = main(["queue", "--server", comfy_server.url, "--workflow", str(ui_preset("sonic_fast")),
                           "--jobs", str(jobs), "--out", str(out), "--quiet", "--set", "min_resolution=64",
                           "--set", "inference_steps=2", "--set", "duration=1.0", "--timeout", "300"])
     printed = capsys.readouterr().out

@@ -109,8 +109,12 @@ def numeric_widgets(info: dict, prompt: dict) -> list[tuple[str, str, dict]]:
 
 
 @pytest.mark.parametrize("side", ["max", "min"])
-def test_values_outside_the_declared_range_are_refused_at_queue_time(comfy_server, side):
-    """ComfyUI skips its own min/max check for inputs a VALIDATE_INPUTS names; the nodes check them."""
+def test_values_outside_the_declared_range_are_refused_once_under_their_input(comfy_server, side):
+    """Every out-of-range widget gets exactly one error, filed under its own input name.
+
+    ComfyUI attaches a message returned by VALIDATE_INPUTS to every input that VALIDATE_INPUTS
+    names, and skips its own min/max check for them: a node that names several inputs repeats
+    one range error under unrelated names."""
     client = client_for(comfy_server)
     info = client.object_info()
     prompt = json.loads(FAST.read_text())
@@ -119,13 +123,37 @@ def test_values_outside_the_declared_range_are_refused_at_queue_time(comfy_serve
         prompt[node_id]["inputs"][name] = options[side] + (1 if side == "max" else -1)
     status, answer = client.post_json("/prompt", {"prompt": prompt, "client_id": client.client_id})
     assert status == 400, answer
-    named = {"inference_steps", "frames_per_window", "min_resolution", "duration", "sync_offset_ms", "feather"}
-    assert named <= {name for _, name, _ in widgets}, "the test no longer sets the inputs VALIDATE_INPUTS names"
-    for node_id, name, options in widgets:
+    assert {"inference_steps", "min_resolution", "duration", "crf"} <= {name for _, name, _ in widgets}
+    for node_id in {node_id for node_id, _, _ in widgets}:
         errors = answer["node_errors"].get(node_id, {}).get("errors", [])
-        texts = [f"{e.get('message')} {e.get('details')}" for e in errors]
-        assert any(name in t and str(options[side]) in t for t in texts), \
-            f"{name} = {prompt[node_id]['inputs'][name]} (allowed {options['min']}..{options['max']}) not refused: {texts}"
+        expected = sorted(name for n, name, _ in widgets if n == node_id)
+        filed = sorted(e["extra_info"]["input_name"] for e in errors)
+        assert filed == expected, f"node {node_id}: errors filed under {filed}, expected one each for {expected}: {errors}"
+        for error in errors:
+            name = error["extra_info"]["input_name"]
+            options = next(o for n, i, o in widgets if n == node_id and i == name)
+            text = f"{error.get('message')} {error.get('details')}"
+            assert str(options[side]) in text, f"{name}: the limit {options[side]} is not in {text!r}"
+
+
+@pytest.mark.parametrize("node_id, name, value, words", [
+    ("4", "face_box", "10,10,5", "four numbers"),
+    ("7", "output_fps", 0.5, "between 1.0 and 120.0"),
+    ("8", "filename_prefix", "../escape", "output folder"),
+])
+def test_a_custom_check_is_reported_once_under_its_input(comfy_server, node_id, name, value, words):
+    client = client_for(comfy_server)
+    prompt = json.loads(FAST.read_text())
+    prompt["2"]["inputs"]["image"] = "portrait.png"
+    prompt["3"]["inputs"]["audio"] = "speech.wav"
+    assert name in prompt[node_id]["inputs"]
+    prompt[node_id]["inputs"][name] = value
+    status, answer = client.post_json("/prompt", {"prompt": prompt, "client_id": client.client_id})
+    assert status == 400, answer
+    errors = [e for errs in answer["node_errors"].values() for e in errs["errors"]]
+    assert len(errors) == 1, errors
+    assert errors[0]["type"] == "custom_validation_failed" and errors[0]["extra_info"]["input_name"] == name, errors
+    assert words in errors[0]["details"], errors
 
 
 # ------------------------------------------------------------------------------ generation nodes
@@ -162,6 +190,22 @@ def chain(**postprocess) -> dict:
 def onset_ms(samples: np.ndarray, rate: int) -> float:
     """When the sound starts: the first sample above a quarter of the peak (the test speech starts loud)."""
     return 1000.0 * int(np.argmax(np.abs(samples) > 0.25 * np.abs(samples).max())) / rate
+
+
+def test_settings_that_tie_two_inputs_fail_before_sampling(comfy_server):
+    """window_overlap >= frames_per_window: refused by Sonic Inference before any UNet call."""
+    prompt = json.loads(FAST.read_text())
+    prompt["1"]["inputs"].update(dtype="fp32", face_detector="opencv")
+    prompt["2"]["inputs"]["image"] = "portrait.png"
+    prompt["3"]["inputs"]["audio"] = "speech.wav"
+    prompt["4"]["inputs"].update(duration=1.0, min_resolution=64)
+    prompt["5"]["inputs"].update(frames_per_window=10, window_overlap=10)
+    _, messages = run_prompt(comfy_server, prompt)
+    end = final_message(messages)
+    assert end["type"] == "execution_error" and end["data"]["node_type"] == "SonicInference", end
+    assert "window_overlap" in end["data"]["exception_message"], end["data"]
+    assert not [m for m in messages if m["type"] == "progress" and m["data"].get("node") == "5"], \
+        "Sonic Inference started sampling before refusing the settings"
 
 
 def test_postprocess_manual_sync_offset_and_feather_reach_the_clip(comfy_server):

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from comfyui_server import REPO, apply_test_settings, fast_overrides, final_message, run_prompt
+from comfyui_server import REPO, apply_test_settings, fast_overrides, final_message, run_prompt, ui_preset
 
 pytest_plugins = ["comfyui_server"]
 pytestmark = pytest.mark.comfyui
 
 WORKFLOWS = REPO / "workflows"
 PRESETS = ["sonic_fast", "sonic_high_quality"]
+
+
 
 
 def load(path: Path) -> dict:
@@ -29,11 +32,30 @@ def test_ui_preset_converts_to_its_api_twin(comfy_server, name):
     from sonic.tools.comfy_client import ComfyClient, ui_to_api
 
     info = ComfyClient(comfy_server.url).object_info()
-    converted = ui_to_api(load(WORKFLOWS / f"{name}.json"), info)
+    converted = ui_to_api(load(ui_preset(name)), info)
     assert without_meta(converted) == without_meta(load(WORKFLOWS / "api" / f"{name}.json"))
     classes = {node["class_type"] for node in converted.values()}
     assert classes <= set(info), f"unknown node types {classes - set(info)}"
-    assert (WORKFLOWS / f"{name}.jpg").stat().st_size > 1000, "thumbnail missing"
+    assert ui_preset(name).with_suffix(".jpg").stat().st_size > 1000, "thumbnail missing"
+
+
+def test_templates_browser_lists_each_preset_once_under_its_title_with_its_thumbnail(comfy_server):
+    """Custom-node templates show their file name as title and description and <name>.jpg as thumbnail."""
+    from urllib.parse import quote
+
+    from sonic.comfy_client import ComfyClient
+
+    client = ComfyClient(comfy_server.url)
+    listed = client.get_json("/workflow_templates")
+    titles = [ui_preset(name).stem for name in PRESETS]
+    assert sorted(listed["comfyui-sonic"]) == sorted(titles), listed  # nothing else: no index, no API twins
+    for title in titles:
+        for suffix in (".json", ".jpg"):
+            with urllib.request.urlopen(f"{comfy_server.url}/api/workflow_templates/comfyui-sonic/"
+                                        f"{quote(title + suffix)}", timeout=30) as answer:
+                assert answer.status == 200 and len(answer.read()) > 1000, title + suffix
+    labels = client.get_json("/i18n")["en"]["templateWorkflows"]["category"]
+    assert labels["comfyui-sonic"] == "Sonic talking heads", labels
 
 
 def test_presets_differ_where_the_issue_says():
@@ -82,7 +104,7 @@ def test_preset_runs_to_an_mp4_with_sound(comfy_server, tmp_path, name):
 
     prompt = apply_test_settings(load(WORKFLOWS / "api" / f"{name}.json"), fast_overrides())
     apply_test_settings(prompt, {"image": "portrait.png", "audio": "speech.wav"})
-    ui_workflow = load(WORKFLOWS / f"{name}.json")
+    ui_workflow = load(ui_preset(name))
     prompt_id, messages = run_prompt(comfy_server, prompt, extra_data={"extra_pnginfo": {"workflow": ui_workflow}})
     end = final_message(messages)
     assert end["type"] == "execution_success", f"{end}\n{comfy_server.log()}"
@@ -103,6 +125,7 @@ def test_preset_runs_to_an_mp4_with_sound(comfy_server, tmp_path, name):
         assert (facts["width"], facts["height"]) == (64, 64), facts
     tags = read_sonic_tags(video)
     assert tags["ai_generated"] is True
-    assert tags["workflow"]["nodes"] == ui_workflow["nodes"], "UI workflow not embedded"
-    assert tags["prompt"]["5"]["inputs"]["inference_steps"] == 2
     assert len(tags["image_sha256"]) == 64 and len(tags["audio_sha256"]) == 64
+    # The frontend reopens a dropped MP4 from these two tags (as written by core SaveVideo).
+    assert json.loads(facts["tags"]["workflow"])["nodes"] == ui_workflow["nodes"], "UI workflow not embedded"
+    assert json.loads(facts["tags"]["prompt"])["5"]["inputs"]["inference_steps"] == 2

@@ -8,6 +8,7 @@ window layout changes its output.
 
 from __future__ import annotations
 
+import dataclasses
 
 import pytest
 import torch
@@ -183,7 +184,10 @@ def test_deterministic_and_callback_reports_every_call():
     assert torch.equal(first, second)
     expected = [SamplerProgress(step=s, num_steps=3, window=w, num_windows=2, call=2 * s + w + 1, total_calls=6)
                 for s in range(3) for w in range(2)]
-    assert seen == expected
+    assert [dataclasses.replace(p, denoised=None) for p in seen] == expected
+    # Each call carries the clean estimate of one frame for previews: (1, C, h, w), finite.
+    assert all(p.denoised.shape == (1, *inp["ref_latent"].shape[1:]) and torch.isfinite(p.denoised).all()
+               for p in seen)
 
 
 def test_callback_exception_stops_sampling():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -190,3 +191,75 @@ def test_reader_errors_and_silent_video(tmp_path):
 def test_metadata_tags_are_json():
     tags = build_metadata_tags({"parameters": {"steps": 25}})
     assert '"ai_generated":true' in tags["comment"] and '"steps":25' in tags["comment"]
+
+
+# ------------------------------------------------------------------------------ ComfyUI graph tags
+def mdta_keys(path) -> list[str]:
+    """Names in the MP4's `keys` box (QuickTime `mdta` metadata), in order: where ComfyUI's frontend
+    looks for `workflow` and `prompt` when an MP4 is dropped on the canvas."""
+    import struct
+
+    data = open(path, "rb").read()
+    start = data.find(b"keys")
+    assert start > 0, "no keys box: the tags are not stored as mdta keys"
+    count = struct.unpack(">I", data[start + 8:start + 12])[0]
+    names, at = [], start + 12
+    for _ in range(count):
+        size, namespace = struct.unpack(">I4s", data[at:at + 8])
+        assert namespace == b"mdta", namespace
+        names.append(data[at + 8:at + size].decode())
+        at += size
+    return names
+
+
+def write_like_core_savevideo(path, tags: dict) -> None:
+    """A reference file written the way ComfyUI's SaveVideo writes (PyAV, use_metadata_tags)."""
+    import av
+
+    with av.open(str(path), mode="w", options={"movflags": "use_metadata_tags"}) as container:
+        for key, value in tags.items():
+            container.metadata[key] = json.dumps(value)
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = 16
+        stream.pix_fmt = "yuv420p"
+        for frame in to_uint8_frames(gradient_frames(2, 16, 16)):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("with_audio", [True, False])
+def test_comfyui_prompt_and_workflow_are_their_own_tags(tmp_path, with_audio):
+    """ComfyUI's frontend reopens a dropped MP4's graph from separate `prompt`/`workflow` keys."""
+    import av
+
+    # A workflow larger than one command-line argument may be (128 KiB), with ffmetadata's special characters.
+    workflow = {"nodes": [{"id": i, "title": "a=b; c#d \\ e\nnext ü"} for i in range(4000)], "version": 0.4}
+    prompt = {"1": {"class_type": "SonicInference", "inputs": {"seed": 1, "note": "x=y"}}}
+    assert len(json.dumps(workflow)) > 131072
+    audio = tone(0.2, 16_000) if with_audio else None
+    path = write_mp4(tmp_path / "graph.mp4", gradient_frames(5, 16, 16), fps=FPS, audio=audio,
+                     sample_rate=16_000 if with_audio else None, metadata={"parameters": {"steps": 2}},
+                     tags={"prompt": prompt, "workflow": workflow})
+    with av.open(str(path)) as container:
+        tags = dict(container.metadata)
+    assert json.loads(tags["workflow"]) == workflow and json.loads(tags["prompt"]) == prompt
+    assert json.loads(probe(path, use_pyav=False)["tags"]["prompt"]) == prompt
+    provenance = read_sonic_tags(path)
+    assert provenance["ai_generated"] is True and provenance["parameters"] == {"steps": 2}
+    assert "workflow" not in provenance and "prompt" not in provenance, "the graph belongs in its own tags"
+    reference = tmp_path / "core.mp4"
+    write_like_core_savevideo(reference, {"prompt": prompt, "workflow": {"nodes": []}})
+    assert {"prompt", "workflow"} <= set(mdta_keys(path)) and {"prompt", "workflow"} <= set(mdta_keys(reference))
+    data = path.read_bytes()
+    assert data.find(b"moov") < data.find(b"mdat"), "moov after mdat: the frontend reads only the file's start"
+
+
+def test_plain_outputs_keep_the_standard_comment_and_bad_tag_names_are_refused(tmp_path):
+    path = write_mp4(tmp_path / "plain.mp4", gradient_frames(3, 16, 16), fps=FPS)
+    assert b"keys" not in path.read_bytes()[:4096] and read_sonic_tags(path)["ai_generated"] is True
+    for bad in ("comment", "description", "a=b", ""):
+        with pytest.raises(ParameterError, match="tag names"):
+            write_mp4(tmp_path / "bad.mp4", gradient_frames(3, 16, 16), fps=FPS, tags={bad: "x"})
+    assert not (tmp_path / "bad.mp4").exists()

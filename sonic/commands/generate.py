@@ -83,7 +83,10 @@ def run(args) -> int:
     from ..pipeline import SonicPipeline
 
     started = time.perf_counter()
-    progress = StageProgress(enabled=not args.quiet)
+    from .progress import StageProgress
+
+    progress = StageProgress(enabled=not args.quiet, stages=("conditioning", "sampling", "decode")
+                             + (("interpolate",) if config.interpolate else ()))
     pipe = SonicPipeline.from_pretrained(args.models, device=args.device, dtype=args.dtype,
                                          memory_policy=args.memory_policy, svd_checkpoint=args.svd_checkpoint,
                                          face_detector="auto" if face_box is None else False,
@@ -196,31 +199,3 @@ def peak_memory_summary(torch, device) -> str:
     if device.type == "cuda":
         text += f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 1024 ** 3:.2f} GB"
     return text
-
-
-class StageProgress:
-    """A tqdm bar per pipeline stage, fed by `ProgressInfo` callbacks."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-        self.bar = None
-        self.stage = None
-
-    def __call__(self, info) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        if info.stage != self.stage:
-            self.close()
-            self.stage = info.stage
-            self.bar = tqdm(total=info.total, desc=info.stage, unit="step", leave=True)
-        self.bar.total = info.total
-        self.bar.n = info.done
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-            self.stage = None

@@ -26,7 +26,7 @@ import torch
 
 from ..config import SonicConfig
 from ..errors import ParameterError
-from .schedule import Schedule, add_noise, euler_step, scale_model_input
+from .schedule import Schedule, add_noise, euler_step, scale_model_input, v_to_denoised
 from .windows import all_step_indices, frame_counts
 
 NUM_BRANCHES = 3  # [uncond, drop-audio ("appearance"), cond]
@@ -34,7 +34,12 @@ NUM_BRANCHES = 3  # [uncond, drop-audio ("appearance"), cond]
 
 @dataclass(frozen=True)
 class SamplerProgress:
-    """What `callback` receives after every UNet call (indices 0-based, `call` counts calls done, 1-based)."""
+    """What `callback` receives after every UNet call (indices 0-based, `call` counts calls done, 1-based).
+
+    `denoised`: the clean-latent estimate (1, C, h, w) float32 of the window's first frame, scaled
+    like `ref_latent`, for previews (a latent-to-RGB approximation or a small decoder turns it into
+    a picture); it lives on the sampling device and must not be modified.
+    """
 
     step: int
     num_steps: int
@@ -42,6 +47,7 @@ class SamplerProgress:
     num_windows: int
     call: int
     total_calls: int
+    denoised: Optional[torch.Tensor] = None
 
 
 def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -230,6 +236,7 @@ def _sample(unet, *, ref_latent, image_latent, clip_embeds, audio_tokens, null_t
             call += 1
             if callback is not None:
                 callback(SamplerProgress(step=step, num_steps=num_steps, window=window, num_windows=num_windows,
-                                         call=call, total_calls=total_calls))
+                                         call=call, total_calls=total_calls,
+                                         denoised=v_to_denoised(guided[:, 0], x_win[:, 0], sigma)))
         latents = acc / counts[step]
     return latents

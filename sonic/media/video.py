@@ -38,7 +38,8 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 
 
 def write_mp4(path, frames, *, fps: float, audio: np.ndarray | None = None, sample_rate: int | None = None,
-              crf: int = 18, preset: str = "medium", metadata: dict | None = None, overwrite: bool = False) -> Path:
+              crf: int = 18, preset: str = "medium", metadata: dict | None = None, tags: dict | None = None,
+              overwrite: bool = False) -> Path:
     """Encode frames (and audio) into an MP4 at `path`; return the path.
 
     frames: float `[T, H, W, 3]` in [0, 1] (ComfyUI IMAGE layout; uint8 also accepted), a
@@ -50,6 +51,9 @@ def write_mp4(path, frames, *, fps: float, audio: np.ndarray | None = None, samp
     metadata: what to record in the file, e.g. `{"parameters": {...}, "image_sha256": ...,
         "audio_sha256": ...}`; the `comment` tag always says the video is AI-generated and
         names the tool and version (see `build_metadata_tags`).
+    tags: further container tags, each under its own key, as ComfyUI's SaveVideo writes
+        `prompt` and `workflow` (its frontend reopens a graph from those keys); values that are
+        not strings are stored as JSON.
     overwrite: replace an existing file; otherwise an existing `path` raises `OutputError`.
 
     The file is written under a hidden temporary name in the same folder and renamed only when
@@ -61,21 +65,27 @@ def write_mp4(path, frames, *, fps: float, audio: np.ndarray | None = None, samp
     check_encoder_settings(crf, preset)
     if audio is not None:
         audio = _check_audio(audio, sample_rate)
-    tags = build_metadata_tags(metadata)
+    extra = own_tags(tags)
+    tags = {**build_metadata_tags(metadata), **extra}
+    # +faststart: moov atom first (streams in browsers). use_metadata_tags stores keys beyond the few
+    # standard ones (ComfyUI's prompt/workflow) and moves the standard ones with them: only when needed.
+    movflags = "+faststart+use_metadata_tags" if extra else "+faststart"
 
     token = uuid.uuid4().hex[:8]
     video_tmp = path.with_name(f".{path.stem}.{token}.video.mp4")
     final_tmp = path.with_name(f".{path.stem}.{token}.partial.mp4")
-    temporaries = [video_tmp, final_tmp]
+    meta_tmp = path.with_name(f".{path.stem}.{token}.meta.txt")
+    temporaries = [video_tmp, final_tmp, meta_tmp]
     try:
+        write_ffmetadata(meta_tmp, tags)
         target = video_tmp if audio is not None else final_tmp
         frame_count, width, height = _encode_video(target, _chunks(frames), fps=fps, crf=crf, preset=preset,
-                                                   tags=tags if audio is None else {})
+                                                   tags=meta_tmp if audio is None else None, movflags=movflags)
         if audio is not None:
             wav_tmp = path.with_name(f".{path.stem}.{token}.audio.wav")
             temporaries.append(wav_tmp)
             _write_wav(wav_tmp, fit_audio_length(audio, sample_rate, frame_count / fps), sample_rate)
-            _mux(video_tmp, wav_tmp, final_tmp, tags)
+            _mux(video_tmp, wav_tmp, final_tmp, meta_tmp, movflags)
         _verify(final_tmp, frame_count=frame_count, width=width, height=height, fps=fps,
                 has_audio=audio is not None)
         os.replace(final_tmp, path)
@@ -110,6 +120,42 @@ def build_metadata_tags(metadata: dict | None) -> dict[str, str]:
     except (TypeError, ValueError) as exc:
         raise ParameterError(f"metadata must be JSON-serialisable (str, numbers, lists, dicts): {exc}") from exc
     return {SONIC_TAG_KEY: comment, "description": f"{AI_NOTICE} {__version__}"}
+
+
+# Tags from `build_metadata_tags`; `own_tags` refuses them so the provenance cannot be overwritten.
+PROVENANCE_KEYS = (SONIC_TAG_KEY, "description")
+
+
+def is_tag_name(key) -> bool:
+    """A key `write_mp4(tags=...)` accepts: a plain word that is not one of the provenance tags."""
+    return (isinstance(key, str) and bool(key) and key not in PROVENANCE_KEYS
+            and all(c.isalnum() or c in "_-." for c in key))
+
+
+def own_tags(tags: dict | None) -> dict[str, str]:
+    """Caller tags as strings (JSON for anything else); keys are plain words."""
+    result = {}
+    for key, value in (tags or {}).items():
+        if not is_tag_name(key):
+            raise ParameterError(f"tag names must be letters, digits, '_', '-' or '.' and not one of "
+                                 f"{PROVENANCE_KEYS} (written by Sonic itself), got {key!r}")
+        try:
+            result[key] = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"),
+                                                                          allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ParameterError(f"tag {key!r} must be a string or JSON-serialisable: {exc}") from exc
+    return result
+
+
+def write_ffmetadata(path: Path, tags: dict[str, str]) -> None:
+    """Tags as an ffmpeg metadata file: no command-line length limit for a large workflow."""
+    def escape(text: str) -> str:
+        for special in ("\\", "=", ";", "#", "\n"):
+            text = text.replace(special, "\\" + special)
+        return text
+
+    lines = [";FFMETADATA1"] + [f"{escape(k)}={escape(v)}" for k, v in tags.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def sha256_file(path, *, chunk_bytes: int = 1 << 20) -> str:
@@ -220,7 +266,7 @@ def to_uint8_frames(chunk) -> np.ndarray:
 
 
 def _encode_video(target: Path, chunks: Iterator[np.ndarray], *, fps: float, crf: int, preset: str,
-                  tags: dict[str, str]) -> tuple[int, int, int]:
+                  tags: Path | None, movflags: str) -> tuple[int, int, int]:
     """Pipe chunks into ffmpeg (rgb24 on stdin) -> H.264 yuv420p; returns (frames, width, height)."""
     first = next(chunks, None)
     if first is None or first.shape[0] == 0:
@@ -231,11 +277,8 @@ def _encode_video(target: Path, chunks: Iterator[np.ndarray], *, fps: float, crf
         raise ParameterError(f"frames of {in_width}x{in_height} px are too small to encode (need at least 2x2)")
     command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", fraction_fps(fps), "-i", "-",
-               "-map", "0:v:0", "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
-               "-movflags", "+faststart"]
-    for key, value in tags.items():
-        command += ["-metadata", f"{key}={value}"]
-    command += ["-f", "mp4", str(target)]
+               *_metadata_input(tags, 1), "-map", "0:v:0", "-c:v", "libx264", "-preset", preset, "-crf", str(crf),
+               "-pix_fmt", "yuv420p", "-movflags", movflags, "-f", "mp4", str(target)]
     count = 0
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
@@ -274,18 +317,20 @@ def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     soundfile.write(str(path), np.ascontiguousarray(audio.T), int(sample_rate), subtype="FLOAT", format="WAV")
 
 
-def _mux(video: Path, wav: Path, target: Path, tags: dict[str, str]) -> None:
+def _mux(video: Path, wav: Path, target: Path, tags: Path, movflags: str) -> None:
     """Copy the H.264 stream (no second encode) and encode the WAV to AAC, both fully mapped."""
     command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-               "-i", str(video), "-i", str(wav), "-map", "0:v:0", "-map", "1:a:0",
-               "-c:v", "copy", "-c:a", "aac", "-b:a", "160k", "-movflags", "+faststart"]
-    for key, value in tags.items():
-        command += ["-metadata", f"{key}={value}"]
-    command += ["-f", "mp4", str(target)]
+               "-i", str(video), "-i", str(wav), *_metadata_input(tags, 2), "-map", "0:v:0", "-map", "1:a:0",
+               "-c:v", "copy", "-c:a", "aac", "-b:a", "160k", "-movflags", movflags, "-f", "mp4", str(target)]
     result = subprocess.run(command, capture_output=True)
     if result.returncode != 0:
         raise OutputError(f"ffmpeg failed to add the audio (exit {result.returncode}): "
                           f"{tail_lines(result.stderr.decode(errors='replace'))}")
+
+
+def _metadata_input(tags: Path | None, index: int) -> list[str]:
+    """ffmpeg arguments reading the container tags from the metadata file, input number `index`."""
+    return [] if tags is None else ["-f", "ffmetadata", "-i", str(tags), "-map_metadata", str(index)]
 
 
 def _verify(path: Path, *, frame_count: int, width: int, height: int, fps: float, has_audio: bool) -> None:

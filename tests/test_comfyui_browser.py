@@ -112,7 +112,7 @@ def save_readme_screenshot(ui) -> None:
     from PIL import Image
 
     ui.fit_view()
-    ui.page.mouse.move(1, 1)  # no hover tooltip in the picture
+    ui.page.mouse.move(*ui.empty_canvas_point())  # no hover tooltip in the picture
     ui.page.wait_for_timeout(800)
     raw = ui.screenshot(SCREENSHOT.with_suffix(".raw.png"))
     with Image.open(raw) as image:
@@ -201,8 +201,10 @@ def test_fast_preset_runs_from_the_run_button_cancels_and_reopens_from_its_mp4(u
     ui.new_blank_canvas()
     ui.drop_file(mp4, "video/mp4")
     back = {n["id"]: n for n in ui.nodes()}
-    assert [n["type"] for n in back.values()] != ["LoadVideo"], (
-        f"dropping {mp4.name} gave a LoadVideo node, not the graph: the MP4 has no `workflow` metadata tag")
+    # Without a `workflow` tag, newer frontends make a LoadVideo node of the file and older ones do nothing.
+    assert [n["type"] for n in back.values()] not in ([], ["LoadVideo"]), (
+        f"dropping {mp4.name} gave {sorted(n['type'] for n in back.values())}, not the graph: the MP4 has no "
+        f"`workflow` metadata tag")
     assert {i: n["type"] for i, n in back.items()} == {i: n["type"] for i, n in ran.items()}
     prepare = next(n for n in back.values() if n["type"] == "SONIC_PreData")
     assert prepare["values"]["min_resolution"] == 64, prepare

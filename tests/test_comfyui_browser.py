@@ -77,6 +77,18 @@ def ui(request, ui_page):
         screenshot_if_failed(request, ui_page)
 
 
+def test_the_pack_serves_its_frontend_extension(ui_server):
+    """WEB_DIRECTORY is exported and ComfyUI serves web/js/sonic_audio.js to the frontend."""
+    import json
+
+    with urllib.request.urlopen(f"{ui_server.url}/extensions", timeout=10) as answer:
+        extensions = json.load(answer)
+    ours = [e for e in extensions if e.startswith("/extensions/comfyui-sonic/")]
+    assert ours == ["/extensions/comfyui-sonic/sonic_audio.js"], extensions
+    with urllib.request.urlopen(ui_server.url + ours[0], timeout=10) as answer:
+        assert b'name: "Sonic.AudioLoader"' in answer.read()
+
+
 def describe(ui, server) -> str:
     return (f"frontend {ui.frontend_version()} on core {server.setup.core}\nconsole errors: {ui.console_errors[-10:]}"
             f"\nserver log:\n{server.log(4000)}")

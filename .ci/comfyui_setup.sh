@@ -74,7 +74,7 @@ fi
 # ------------------------------------------------------------------ ComfyUI 0.33.0 (vendored source)
 CORE_NEW="$CACHE/comfyui-0.33.0"
 # shared/ sits beside the clone (in a git worktree: beside the main checkout).
-MAIN_CHECKOUT="$(cd "$(git -C "$REPO" rev-parse --git-common-dir 2>/dev/null || echo "$REPO/.git")/.." && pwd)"
+MAIN_CHECKOUT="$(cd "$(git -C "$REPO" rev-parse --path-format=absolute --git-common-dir 2>/dev/null || echo "$REPO/.git")/.." && pwd)"
 TARBALL=""
 for vendor in ${SONIC_VENDOR:-} "$REPO/../shared/vendor" "$MAIN_CHECKOUT/../shared/vendor"; do
   if [ -f "$vendor/ComfyUI-0.33.0.tar.gz" ]; then TARBALL="$vendor/ComfyUI-0.33.0.tar.gz"; break; fi

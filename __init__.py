@@ -22,6 +22,7 @@ if importlib.util.find_spec("folder_paths") is not None:
 else:  # not running inside ComfyUI
     NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
-WEB_DIRECTORY = None
+# Frontend extensions (web/js/*.js, served at /extensions/<pack folder>/): see web/js/sonic_audio.js.
+WEB_DIRECTORY = "./web/js"
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

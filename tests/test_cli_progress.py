@@ -14,7 +14,7 @@ from pathlib import Path
 import soundfile as sf
 from PIL import Image
 
-from conftest import FACE, speech_like
+from helpers import FACE, speech_like
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_LABELS = ("encode", "sample", "decode", "interpolate")

@@ -56,7 +56,7 @@ def test_derived_defaults():
     assert config.output_fps == 25.0  # 2 x 12.5 with RIFE
     assert config.replace(interpolate=False).output_fps == 12.5
     # frame_num 10000 silently cut the official audio at 400 s; ours uses it all unless asked.
-    assert config.max_audio_seconds is None
+    assert config.max_audio_seconds == 7200.0  # 2 hours, refused beyond (issue 12)
     assert config.validate() is config
 
 

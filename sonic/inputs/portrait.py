@@ -23,7 +23,9 @@ import torch
 
 from ..config import CLIP_MEAN, CLIP_SIZE, CLIP_STD, DEFAULT_MAX_IMAGE_PIXELS, SIZE_MULTIPLE
 from ..errors import FaceNotFoundError, ImageError, ParameterError
+from ..files import require_regular_file
 from .face_detectors import FaceBox, FaceDetector, HaarFaceDetector, select_face
+from .image_files import check_png_complete
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +91,11 @@ def _load_image_file(path: str, limit: _ImageLimit) -> np.ndarray:
     if os.path.isdir(path):
         raise ImageError(f"{path!r} is a folder, not an image file")
     what = f"image {path!r}"
+    require_regular_file(path, "image file", ImageError)  # a FIFO or device would block or never end
     header_size = _png_header_size(path)
     if header_size is not None:  # PNG: the size check needs no Pillow at all
         _check_size(*header_size, limit, what)
+        check_png_complete(path, what)  # Pillow fills missing rows with black
     try:
         # Our own pixel limit (checked from the header, below) replaces Pillow's bomb warning;
         # Pillow's bomb *error* (over 2 x Image.MAX_IMAGE_PIXELS) becomes the same size message.
@@ -366,6 +370,11 @@ def normalize_face_box(face_box):
         raise ParameterError(f"face_box must be four numbers x1,y1,x2,y2 in image pixels, \"full\" (whole picture) "
                              f"or empty (detect the face), got {face_box!r}")
     return values
+
+
+def check_face_box(face_box, width: int, height: int) -> FaceBox:
+    """A user's face box checked against the picture's size (cheap: no model needed)."""
+    return _validate_face_box(normalize_face_box(face_box), width, height)
 
 
 def _validate_face_box(values: tuple[float, float, float, float], width: int, height: int) -> FaceBox:

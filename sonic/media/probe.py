@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SonicError
+from .children import run as run_child
 
 # The comment tag `sonic.media.video.write_mp4` fills with a JSON object (see `read_sonic_tags`).
 SONIC_TAG_KEY = "comment"
@@ -36,10 +36,9 @@ def ffmpeg_exe() -> str:
 
 
 def _existing_file(path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise MediaReadError(f"video file not found: {str(path)!r}; check the path")
-    return path
+    from ..files import require_regular_file
+
+    return require_regular_file(path, "video file", MediaReadError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,8 +116,8 @@ _CHANNELS = {"mono": 1, "stereo": 2, "2.1": 3, "quad": 4, "5.0": 5, "5.1": 6, "6
 
 def _probe_ffmpeg(path: Path) -> dict:
     """The same facts from `ffmpeg -i` text plus a stream-copy pass (frames) and an audio decode."""
-    header = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True,
-                            errors="replace").stderr
+    header = run_child([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True,
+                       errors="replace").stderr
     if "Invalid data found" in header or "Stream #" not in header:
         raise MediaReadError(f"cannot read {str(path)!r} as a video: {tail_lines(header)}")
     info = _empty_info()
@@ -132,8 +131,8 @@ def _probe_ffmpeg(path: Path) -> dict:
         if fps:
             text = fps.group(1)
             info["fps"] = float(text[:-1]) * 1000 if text.endswith("k") else float(text)
-        counted = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0",
-                                  "-c", "copy", "-f", "null", "-"], capture_output=True, text=True, errors="replace")
+        counted = run_child([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0",
+                             "-c", "copy", "-f", "null", "-"], capture_output=True, text=True, errors="replace")
         counts = _FRAME_COUNT.findall(counted.stderr)
         info["frame_count"] = int(counts[-1]) if counts else None
         if info["frame_count"] is not None and info["fps"]:
@@ -227,7 +226,7 @@ def read_video(path, *, max_height: int | None = None, audio_sample_rate: int | 
         height = max_height
         command += ["-vf", f"scale={width}:{height}:flags=area"]
     command += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-    result = subprocess.run(command, capture_output=True)
+    result = run_child(command, capture_output=True)
     if result.returncode != 0:
         raise MediaReadError(f"ffmpeg could not decode {str(path)!r}: {tail_lines(result.stderr.decode(errors='replace'))}")
     frame_bytes = width * height * 3
@@ -249,7 +248,7 @@ def _decode_audio(path: Path, sample_rate: int, channels: int, *, max_seconds: f
         command += ["-t", f"{max_seconds:.6f}"]
     command += ["-i", str(path), "-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le",
                 "-ar", str(int(sample_rate)), "-ac", str(int(channels)), "-"]
-    result = subprocess.run(command, capture_output=True)
+    result = run_child(command, capture_output=True)
     if result.returncode != 0:
         raise MediaReadError(f"ffmpeg could not decode the audio of {str(path)!r}: "
                              f"{tail_lines(result.stderr.decode(errors='replace'))}")

@@ -58,9 +58,12 @@ def _damaged(path: Path, what: str, detail: str) -> WeightsError:
 
 def check_is_file(path, what: str) -> Path:
     """The path as a `Path`, or a `WeightsError` if it is missing, a folder or empty."""
+    from ..files import refuse_special_file
+
     path = Path(path).expanduser()
     if not path.exists():
         raise WeightsError(f"{what} file {path} does not exist")
+    refuse_special_file(path, f"{what} file", WeightsError)  # a FIFO would block the reader forever
     if path.is_dir():
         raise WeightsError(f"{what} path {path} is a folder, but a weights file was expected there "
                            f"(check the download: the file itself belongs at this path)")

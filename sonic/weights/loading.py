@@ -193,6 +193,9 @@ def _read_svd_single_file(files: ModelFiles, vae_reference: dict, clip_reference
     from .svd_single_file import split_svd_single_file
     from .svd_single_file_config import single_file_configs
 
+    from .reading import check_safetensors_header
+
+    check_safetensors_header(files.svd_checkpoint, "SVD single-file checkpoint")
     try:
         handle = safe_open(str(files.svd_checkpoint), framework="pt")
     except Exception as exc:  # safetensors raises its own error types for damaged headers

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
+
+from ..placement import MEMORY_POLICIES, describe_policies
 
 HELP = "portrait + audio -> lip-synced MP4"
 
@@ -37,8 +38,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-interpolate", action="store_true", help="skip RIFE: 12.5 fps output")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
     parser.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
-    parser.add_argument("--memory-policy", default="keep", choices=["keep", "offload", "lowvram"],
-                        help="keep models on the GPU, offload between stages, or low-VRAM")
+    parser.add_argument("--memory-policy", default="keep", choices=MEMORY_POLICIES, help=describe_policies())
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet (faster sampling on GPUs after a one-off compile)")
     parser.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)")
@@ -54,15 +54,16 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..inputs.audio import load_audio
+    from ..inputs.face_box import check_inside, parse_face_box
     from ..config import SonicConfig
-    from ..inputs.portrait import check_face_box, load_image
+    from ..inputs.image import load_image
     from ..media.video import check_encoder_settings, check_output_path
     from ..weights import find_model_files
 
     # Everything that can be checked cheaply is checked before any model loads.
     out_path = check_output_path(args.out, args.overwrite)
     check_encoder_settings(args.crf, args.preset)
-    face_box = parse_face_box(args.face_box) if args.face_box else None
+    face_box = parse_face_box(args.face_box)
     postprocess = postprocess_options(args)
     config = SonicConfig().replace(**{k: v for k, v in dict(
         crop=False if args.no_crop else None, expand_ratio=args.expand_ratio, min_resolution=args.min_resolution,
@@ -74,8 +75,7 @@ def run(args) -> int:
     audio = load_audio(args.audio, duration=args.duration, max_seconds=config.max_audio_seconds)
     check_sync_measurable(postprocess, audio.seconds)
     image = load_image(args.image, max_image_pixels=config.max_image_pixels, limit_name="--max-image-pixels")
-    if isinstance(face_box, tuple):
-        check_face_box(face_box, image.shape[1], image.shape[0])
+    check_inside(face_box, image.shape[1], image.shape[0])
     # Only now the model folder: every check above needs no weight file (find_model_files opens none either).
     find_model_files(args.models, need_interpolation=config.interpolate, svd_checkpoint=args.svd_checkpoint,
                      need_face_detector=False)
@@ -103,14 +103,11 @@ def run(args) -> int:
                   preset=args.preset, metadata=metadata, overwrite=args.overwrite)
     finally:
         progress.close()
-    num_frames = out.frames.shape[0] if isinstance(out.frames, torch.Tensor) else out.timeline.output_frames(
-        out.config.interpolate)
-    width, height = out.job.portrait.width, out.job.portrait.height
+    # Paste-back makes the frames the input picture's size; otherwise they are the model's.
+    height, width = out.frames.shape[1:3] if postprocess else (out.job.portrait.height, out.job.portrait.width)
     seconds = time.perf_counter() - started
     peak = peak_memory_summary(torch, pipe.device)
-    if isinstance(out.frames, torch.Tensor):
-        height, width = out.frames.shape[1:3]
-    print(f"wrote {out_path}: {num_frames} frames at {out.fps:g} fps = {num_frames / out.fps:.2f} s of video, "
+    print(f"wrote {out_path}: {out.num_frames} frames at {out.fps:g} fps = {out.seconds:.2f} s of video, "
           f"{width}x{height} px, in {seconds:.1f} s ({peak})")
     for line in postprocess_summary(out.report.get("postprocess") or {}):
         print(line)
@@ -135,22 +132,6 @@ def sync_summary(entry: dict) -> str:
     if "note" in entry:
         return f"sync: {entry['note']}; {measured}"
     return f"sync: soundtrack shifted by {shift:+.0f} ms ({measured})"
-
-
-def parse_face_box(text: str):
-    from ..errors import ParameterError
-
-    if text.strip().lower() == "full":
-        return "full"
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise ParameterError(f"--face-box must be X1,Y1,X2,Y2 (four numbers) or 'full', got {text!r}")
-    if not all(math.isfinite(v) for v in values):
-        raise ParameterError(f"--face-box must be four finite numbers X1,Y1,X2,Y2 in image pixels, got {text!r}")
-    return values
 
 
 def check_face_choice(face_box, face_index) -> None:

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from ..errors import ParameterError, SonicError
 from ..files import require_regular_file
-from .comfy_http import (UPLOAD_SUBFOLDER, ComfyClient, ComfyConnectionError, expect,  # noqa: F401
-                         parse_json)
+from .comfy_answers import ComfyConnectionError, expect, parse_json  # noqa: F401
+from .comfy_http import UPLOAD_SUBFOLDER, ComfyClient  # noqa: F401
 from .comfy_websocket import WebSocket  # noqa: F401
 from .comfy_workflow import (AUDIO_LOADERS, IMAGE_LOADERS, apply_overrides, describe_prompt_error,  # noqa: F401
                              fill_media, is_ui_workflow, load_workflow, parse_set_options, ui_to_api, video_outputs)

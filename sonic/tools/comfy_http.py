@@ -19,17 +19,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..errors import ParameterError, SonicError
+from ..errors import ParameterError
+from .comfy_answers import ComfyConnectionError, expect, parse_json
 
 UPLOAD_SUBFOLDER = "sonic_queue"
 REQUEST_TIMEOUT = 60.0  # seconds one request may take, whatever the server does
 MAX_JSON_BYTES = 64 * 1024 * 1024  # /object_info of a big ComfyUI install is a few MB
 MAX_DOWNLOAD_BYTES = 16 * 1024 ** 3  # one output video
 _READ = 1 << 16
-
-
-class ComfyConnectionError(SonicError):
-    """The ComfyUI server cannot be reached or answered something unexpected."""
 
 
 class ComfyClient:
@@ -195,18 +192,3 @@ def _read_capped(response, limit: int, what: str, sink) -> bytes:
         else:
             chunks.append(chunk)
     return b"".join(chunks)
-
-
-def parse_json(data: bytes, what: str) -> Any:
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        raise ComfyConnectionError(f"{what}: the server's answer is not JSON ({data[:80]!r}...)") from None
-
-
-def expect(value: Any, kind: type, what: str) -> Any:
-    """`value` when it is a `kind`, else a one-line `ComfyConnectionError` naming it."""
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise ComfyConnectionError(f"{what}: the server sent a {type(value).__name__} where a {kind.__name__} "
-                                   f"belongs (not a ComfyUI server, or an incompatible version?)")
-    return value

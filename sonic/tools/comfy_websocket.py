@@ -16,7 +16,7 @@ import struct
 import time
 import urllib.parse
 
-from .comfy_http import ComfyConnectionError, expect, parse_json
+from .comfy_answers import ComfyConnectionError, expect, parse_json
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # ComfyUI's largest messages are preview images of a few MB
 MAX_HANDSHAKE_BYTES = 64 * 1024

@@ -167,7 +167,7 @@ def test_long_flac_reads_only_what_duration_asks_and_is_capped(tmp_path):
 @pytest.mark.parametrize("box, words", [
     ("10,10,500,60", ["inside the 72x80 picture"]),
     ("54,60,18,20", ["x1 < x2"]),
-    ("nan,1,2,3", ["finite"]),
+    ("nan,1,2,3", ["four numbers"]),
 ])
 def test_face_box_mistakes_fail_before_any_model(good, tmp_path, box, words):
     outcome = generate(good / "face.png", good / "talk.wav", tmp_path / "out.mp4", "--face-box", box)

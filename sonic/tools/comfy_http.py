@@ -79,6 +79,8 @@ class ComfyClient:
             connection.request(method, target, body=body, headers=headers or {})
             response = connection.getresponse()
             data = _read_capped(response, limit, f"{method} {path}", sink)
+            if expired.is_set():  # the watchdog's shutdown reads as the end of the body: not a full answer
+                raise OSError("deadline")
             return response.status, data
         except ComfyConnectionError:
             raise

@@ -72,13 +72,13 @@ def run(args) -> int:
         decode_chunk_size=args.decode_chunk_size, max_image_pixels=args.max_image_pixels,
         max_audio_seconds=args.max_audio_seconds).items() if v is not None})
     check_face_choice(face_box, args.face_index)
+    # Which files are missing (only looked up, none is read: a new user hears first what to download).
+    find_model_files(args.models, need_interpolation=config.interpolate, svd_checkpoint=args.svd_checkpoint,
+                     need_face_detector=False)
     audio = load_audio(args.audio, duration=args.duration, max_seconds=config.max_audio_seconds)
     check_sync_measurable(postprocess, audio.seconds)
     image = load_image(args.image, max_image_pixels=config.max_image_pixels, limit_name="--max-image-pixels")
     check_inside(face_box, image.shape[1], image.shape[0])
-    # Only now the model folder: every check above needs no weight file (find_model_files opens none either).
-    find_model_files(args.models, need_interpolation=config.interpolate, svd_checkpoint=args.svd_checkpoint,
-                     need_face_detector=False)
 
     import torch
 

@@ -1,7 +1,7 @@
 """Issue 12, classes 3 and 6: files that are not files, files that lie, and cheap checks first.
 
-The CLI cases pass a models folder that does not exist: the error must name the input, which
-proves the check ran before any weight file was even looked for."""
+The CLI cases pass a models folder in which every file holds one garbage byte: the error must
+name the input, not a damaged weights file, which proves the check ran before any weight was read."""
 
 from __future__ import annotations
 
@@ -15,7 +15,20 @@ import soundfile as sf
 from hostile_helpers import (assert_one_line_error, lying_png, png_bytes, portrait, run_python, run_sonic, speech,
                              wav_bytes)
 
-NO_MODELS = "/nonexistent/sonic-models"
+
+
+@pytest.fixture(scope="module")
+def garbage_zoo(tiny_zoo, tmp_path_factory):
+    """The tiny zoo's layout with every file one garbage byte: reading any of them would fail."""
+    root = tmp_path_factory.mktemp("garbage") / "zoo"
+    for path in Path(tiny_zoo).rglob("*"):
+        target = root / path.relative_to(tiny_zoo)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(b"x")
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +39,17 @@ def good(tmp_path_factory):
     return root
 
 
-def generate(image, audio, out, *extra, models=NO_MODELS):
-    return run_sonic("generate", "--models", models, "--image", image, "--audio", audio, "--out", out,
+@pytest.fixture(autouse=True)
+def _models(garbage_zoo):
+    global MODELS
+    MODELS = garbage_zoo
+
+
+MODELS = None
+
+
+def generate(image, audio, out, *extra):
+    return run_sonic("generate", "--models", MODELS, "--image", image, "--audio", audio, "--out", out,
                      "--device", "cpu", "--quiet", *extra, timeout=120)
 
 

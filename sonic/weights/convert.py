@@ -91,14 +91,19 @@ def convert_file(source, twin=None, *, what: str, trust_pickle: bool = False, ro
             raise WeightsError(f"{twin} exists but does not hold the same tensors as {source} "
                                f"({_difference(expected, got)}); delete {twin.name} and run convert again")
         return twin
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from ..files import Scratch, publish
 
     with Scratch(twin.parent) as scratch:  # removed on every exit; a killed run's is swept by the next
         partial = scratch.path("twin.safetensors")
-        save_file(_savable(state), str(partial),
-                  metadata={"format": "pt", "converted_by": CONVERTER_TAG, "source": source.name})
+        try:
+            save_file(_savable(state), str(partial),
+                      metadata={"format": "pt", "converted_by": CONVERTER_TAG, "source": source.name})
+        except (OSError, SafetensorError) as exc:  # a full disk, a quota: the library's own text says which
+            raise WeightsError(f"could not write {twin} ({' '.join(str(exc).split())[:160]}); is the disk full? "
+                               f"free some space and run convert again") from None
         del state
         got = safetensors_digests(partial)
         if got != expected:

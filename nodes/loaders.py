@@ -85,6 +85,14 @@ class SonicModelLoader:
                 "default": AUTO, "advanced": True,
                 "tooltip": "auto: yoloface_v5m.pt when it is in models/sonic, else OpenCV's built-in detector. "
                            "yoloface: require the release detector. opencv: never load yoloface."}),
+        }, "optional": {
+            # Optional so that saved workflows and API prompts without it keep validating.
+            "download_missing": ("BOOLEAN", {
+                "default": False,
+                "tooltip": "Fetch missing weight files from Hugging Face into models/sonic before loading (about "
+                           "8.3 GB the first time; only the files Sonic needs; an interrupted download resumes). "
+                           "HF_ENDPOINT selects a mirror; the SVD-xt repository needs its licence accepted and "
+                           "HF_TOKEN or `hf auth login`. Off: missing files are an error that lists them."}),
         }}
 
     @classmethod
@@ -101,24 +109,45 @@ class SonicModelLoader:
             return "dtype fp16 is extremely slow on the CPU and not supported; choose auto, fp32 or bf16"
         return True
 
-    def load(self, svd_model, dtype, memory_policy, face_detector):
+    def load(self, svd_model, dtype, memory_policy, face_detector, download_missing=False):
         from sonic.errors import WeightsError
         from sonic.weights.locate import find_model_files
 
         models_dir = find_models_dir()
-        if not models_dir.is_dir():
+        if not models_dir.is_dir() and not download_missing:
             searched = ", ".join(str(p) for p in sonic_model_dirs())
             raise WeightsError(f"no Sonic model folder found (searched: {searched}); create {models_dir} and put "
-                               f"unet.pth, audio2token.pth, audio2bucket.pth, whisper-tiny/ ... there (see the README)")
+                               f"unet.pth, audio2token.pth, audio2bucket.pth, whisper-tiny/ ... there (see the README), "
+                               f"{DOWNLOAD_ADVICE}")
         svd = auto_svd_checkpoint(models_dir) if svd_model == AUTO else folder_paths.get_full_path("checkpoints", svd_model)
         use_yolo = face_detector == "yoloface" or (
             face_detector == AUTO and any((models_dir / f).is_file() for f in FACE_DETECTOR_FILES))
         # Only names and sizes are checked here (one error listing every missing file); the weights
         # load when a node first needs them, after Sonic Prepare has checked its cheap inputs.
-        find_model_files(models_dir, need_face_detector=use_yolo, need_interpolation=True, svd_checkpoint=svd)
+        try:
+            find_model_files(models_dir, need_face_detector=use_yolo, need_interpolation=True, svd_checkpoint=svd)
+        except WeightsError as exc:
+            if not download_missing:
+                raise WeightsError(f"{exc}\nIn ComfyUI: {DOWNLOAD_ADVICE}") from None
+            fetch_missing_weights(models_dir, svd_single_file=svd is not None)
+            svd = auto_svd_checkpoint(models_dir) if svd_model == AUTO else svd
+            find_model_files(models_dir, need_face_detector=use_yolo, need_interpolation=True, svd_checkpoint=svd)
         device = model_management().get_torch_device()
         return (LazySonicPipeline(models_dir, device=device, dtype=dtype, memory_policy=memory_policy,
                                   svd_checkpoint=svd, face_detector=use_yolo),)
+
+
+DOWNLOAD_ADVICE = ("or set download_missing to true in Sonic Model Loader to fetch the missing files from Hugging Face "
+                   "(HF_ENDPOINT for a mirror, HF_TOKEN for the gated SVD-xt)")
+
+
+def fetch_missing_weights(models_dir: Path, *, svd_single_file: bool) -> None:
+    """`python -m sonic download` into models/sonic (ComfyUI layout); SVD-xt is skipped when a
+    single svd_xt file supplies it."""
+    from sonic.weights.download import download_weights
+
+    download_weights(models_dir, layout="comfyui", only="sonic,whisper" if svd_single_file else "sonic,whisper,svd",
+                     log=lambda line: print(f"[Sonic] {line}", flush=True))
 
 
 class LazySonicPipeline:

@@ -75,6 +75,7 @@ def _stop_on_sigterm() -> None:
 COMMANDS = {
     "generate": "generate",
     "doctor": "doctor",
+    "download": "download",
     "convert": "convert",
     "check-sync": "check_sync",
     "queue": "queue",

@@ -17,23 +17,22 @@ from typing import Iterator
 
 import torch
 
-from .inputs.audio import frame_windows, load_audio, whisper_hidden_states
-from .diffusion.conditioning import audio_conditioning
 from .config import LATENT_DOWNSCALE, SonicConfig
-from .diffusion.decode import decode_latents
 from .devices import resolve_device, resolve_dtype
-from .errors import DeviceMemoryError, ParameterError
-from .inputs.portrait import prepare_portrait
+from .diffusion.conditioning import audio_conditioning
+from .diffusion.decode import decode_latents
 from .diffusion.interpolate import iter_double_frame_rate
-from .placement import STAGE_MODELS, get_policy, rests_on_device
-from .weights.loading import SonicModels
-from .finishing.tail import finish
-from .job import (Conditioning, PreparedJob, ProgressCallback, SonicOutput, SonicStream,
-                  report_progress)
-from .models.image_models import clip_image_embeds, encode_reference
 from .diffusion.sampler import initial_noise, sample_latents
 from .diffusion.schedule import make_schedule
 from .diffusion.timeline import Timeline
+from .errors import DeviceMemoryError, ParameterError
+from .finishing.tail import finish
+from .inputs.audio import frame_windows, load_audio, whisper_hidden_states
+from .inputs.portrait import prepare_portrait
+from .job import Conditioning, PreparedJob, ProgressCallback, SonicOutput, SonicStream, report_progress
+from .models.image_models import clip_image_embeds, encode_reference
+from .placement import STAGE_MODELS, get_policy, rests_on_device
+from .weights.loading import SonicModels
 
 log = logging.getLogger("sonic")
 
@@ -106,11 +105,14 @@ class SonicPipeline:
         and back to their resting place after."""
         named = self._named_models()
         modules = [named[name] for name in sorted(STAGE_MODELS[stage][0]) if name in named]
-        moved = [m for m in modules if self._home(m) != self.device and id(m) not in self._lent]
-        for m in moved:
-            torch.nn.Module.to(m, self.device)
-            self._lent.add(id(m))
+        moved = []
         try:
+            # Moving a model in can run out of memory too: inside the try, so it gets the same advice.
+            for m in modules:
+                if self._home(m) != self.device and id(m) not in self._lent:
+                    moved.append(m)
+                    self._lent.add(id(m))
+                    torch.nn.Module.to(m, self.device)
             yield
         except torch.OutOfMemoryError as exc:
             raise DeviceMemoryError(

@@ -59,7 +59,7 @@ def make_base_directory(base: Path, *, with_models: bool = True) -> Path:
         from sonic.tools.zoo import write_tiny_zoo
 
         # The layout most ComfyUI users have: Sonic's files in models/sonic, SVD-xt as one file in models/checkpoints.
-        write_tiny_zoo(base, layout="comfyui", svd_single_file=True)
+        write_tiny_zoo(base, layout="comfyui", svd_single_file=True, fixtures_dir=REPO / "tests" / "fixtures" / "golden")
     return base
 
 

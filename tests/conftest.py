@@ -1,9 +1,8 @@
-"""Shared test helpers: fixture paths, golden loading and peak-relative comparison."""
+"""Shared pytest fixtures; plain helpers (paths, golden comparison, media) live in helpers.py."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -14,29 +13,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-FIXTURES = Path(__file__).parent / "fixtures"
-GOLDEN = FIXTURES / "golden"
-MANIFESTS = FIXTURES / "checkpoint_manifests"
-SVD_CONFIGS = FIXTURES / "svd_configs"
 
-
-def load_golden(*parts: str) -> dict:
-    """Tensors of a golden safetensors file, cloned (the stored ones are not 64-byte aligned)."""
-    from safetensors.torch import load_file
-
-    return {k: v.clone() for k, v in load_file(str(GOLDEN.joinpath(*parts))).items()}
-
-
-def assert_close_peak(actual, expected, rel: float, what: str = "") -> None:
-    """|actual - expected| <= rel * peak(|expected|), the tolerance rule of golden/README.md."""
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA: without it they are skipped (listed by -ra), never run on the CPU."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
     import torch
 
-    actual = torch.as_tensor(actual).detach().float().cpu()
-    expected = torch.as_tensor(expected).detach().float().cpu()
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    peak = expected.abs().max().item() or 1.0
-    err = (actual - expected).abs().max().item()
-    assert err <= rel * peak, f"{what}: max abs error {err:.3g} > {rel:g} x peak {peak:.3g}"
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device (gpu marker); none is visible to torch here")
+        for item in gpu_items:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -45,22 +33,6 @@ def torch_threads():
 
     torch.set_num_threads(2)
     return 2
-
-
-# ---------------------------------------------------------------- shared media and models
-SR = 16_000
-FACE = (18.0, 20.0, 54.0, 60.0)  # face box of the `portrait` fixture, in its pixels
-
-
-def speech_like(seconds: float, sr: int = SR, seed: int = 0):
-    """A voiced, syllable-modulated float32 signal: enough structure for Whisper features to vary."""
-    import numpy as np
-
-    t = np.arange(int(round(seconds * sr))) / sr
-    rng = np.random.default_rng(seed)
-    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t) ** 2
-    voice = 0.3 * np.sin(2 * np.pi * 180 * t) + 0.1 * np.sin(2 * np.pi * 360 * t + 0.4)
-    return ((voice + 0.01 * rng.standard_normal(t.size)) * envelope).astype(np.float32)
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +48,24 @@ def portrait():
 
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory):
-    """A complete tiny model folder (official layout) built from the golden weights."""
+    """A complete tiny model folder (official layout) holding the golden fixtures' weights (so that
+    tests can compare with the goldens; the default zoo, from seeds, has the same keys and shapes)."""
     from sonic.tools.zoo import write_tiny_zoo
 
-    return write_tiny_zoo(tmp_path_factory.mktemp("zoo") / "checkpoints", layout="official")
+    from helpers import GOLDEN
+
+    return write_tiny_zoo(tmp_path_factory.mktemp("zoo") / "checkpoints", layout="official", fixtures_dir=GOLDEN)
+
+
+@pytest.fixture(scope="session")
+def golden_unet():
+    """The tiny golden UNet with the official weights, loaded strictly from the 4 shards (read-only:
+    tests that change an attribute put it back)."""
+    import json
+
+    from helpers import GOLDEN, golden_unet_state
+    from sonic.models.unet import build_sonic_unet
+
+    model = build_sonic_unet(json.loads((GOLDEN / "unet_forward" / "config.json").read_text())["unet_config"])
+    model.load_state_dict(golden_unet_state(), strict=True)
+    return model.eval()

@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
-from conftest import MANIFESTS, assert_close_peak, load_golden
+from helpers import MANIFESTS, assert_close_peak, assert_close_to_golden, load_golden
 
 from sonic.diffusion.conditioning import audio_conditioning
 from sonic.errors import WeightsError
 from sonic.models.audio_adapters import AudioToBucket, AudioToTokens
 
-REL = 1e-5  # golden/README.md: small modules
 WHISPER_TINY_WIDTH = 384
 
 
@@ -41,10 +40,10 @@ def test_audio2token_golden(token_model):
     inputs, outputs = load_golden("audio2token", "inputs.safetensors"), load_golden("audio2token", "outputs.safetensors")
     assert (token_model.channels, token_model.context_tokens, token_model.output_dim) == (8, 4, 12)
     with torch.no_grad():
-        assert_close_peak(token_model(inputs["x_call"]), outputs["tokens_call"], REL, "tokens_call")
-        assert_close_peak(token_model(inputs["x_batch"]), outputs["tokens_batch"], REL, "tokens_batch")
+        assert_close_to_golden(token_model(inputs["x_call"]), outputs["tokens_call"], "audio2token/tokens_call")
+        assert_close_to_golden(token_model(inputs["x_batch"]), outputs["tokens_batch"], "audio2token/tokens_batch")
         null = token_model(inputs["x_zeros"])
-    assert_close_peak(null, outputs["null_tokens"], REL, "null tokens")
+    assert_close_to_golden(null, outputs["null_tokens"], "audio2token/null tokens")
     assert null.abs().max() > 0.1  # the null-audio tokens are not zero
 
 
@@ -64,9 +63,9 @@ def test_audio2bucket_golden(bucket_model):
     with torch.no_grad():
         call = bucket_model(inputs["x_call"], inputs["clip_call"])
         batch = bucket_model(inputs["x_batch"], inputs["clip_batch"])
-    assert_close_peak(call, outputs["out_call"], REL, "out_call")
-    assert_close_peak(batch, outputs["out_batch"], REL, "out_batch")
-    assert_close_peak(call * 16 + 16, outputs["bucket_call"], REL, "bucket_call")
+    assert_close_to_golden(call, outputs["out_call"], "audio2bucket/out_call")
+    assert_close_to_golden(batch, outputs["out_batch"], "audio2bucket/out_batch")
+    assert_close_to_golden(call * 16 + 16, outputs["bucket_call"], "audio2bucket/bucket_call")
 
 
 def test_audio2bucket_full_size_matches_the_checkpoint_manifest():
@@ -104,9 +103,9 @@ def test_conditioning_equals_the_per_frame_official_loop(token_model, bucket_mod
                                 batch_size=16)
     assert result.num_frames == 41
     assert result.tokens.shape == (41, 4, 12) and result.null_tokens.shape == (4, 12) and result.buckets.shape == (41, 2)
-    assert_close_peak(result.tokens, windows["cond_audio_tokens"], REL, "tokens")
-    assert_close_peak(result.null_tokens, windows["null_audio_tokens"], REL, "null tokens")
-    assert_close_peak(result.buckets, windows["motion_buckets"][..., 0], REL, "buckets")
+    assert_close_to_golden(result.tokens, windows["cond_audio_tokens"], "audio_features/tokens")
+    assert_close_to_golden(result.null_tokens, windows["null_audio_tokens"], "audio_features/null tokens")
+    assert_close_to_golden(result.buckets, windows["motion_buckets"][..., 0], "audio_features/buckets")
 
 
 def test_conditioning_two_chunks(token_model, bucket_model):
@@ -115,9 +114,9 @@ def test_conditioning_two_chunks(token_model, bucket_model):
     clip = load_golden("audio_chunking", "inputs.safetensors")["clip_embedding"]
     result = audio_conditioning(token_model, bucket_model, outputs["audio_windows_sel"], outputs["bucket_windows_sel"],
                                 clip, batch_size=4)
-    assert_close_peak(result.tokens, outputs["cond_audio_tokens_sel"], REL, "tokens")
-    assert_close_peak(result.buckets, outputs["motion_buckets_sel"][..., 0], REL, "buckets")
-    assert_close_peak(result.null_tokens, outputs["null_audio_tokens"], REL, "null tokens")
+    assert_close_to_golden(result.tokens, outputs["cond_audio_tokens_sel"], "audio_chunking/tokens")
+    assert_close_to_golden(result.buckets, outputs["motion_buckets_sel"][..., 0], "audio_chunking/buckets")
+    assert_close_to_golden(result.null_tokens, outputs["null_audio_tokens"], "audio_chunking/null tokens")
 
 
 @pytest.mark.parametrize("dynamic_scale, golden", [(1.0, "bucket_call_scaled_1p0"), (1.5, "bucket_call_scaled_1p5")])
@@ -126,7 +125,7 @@ def test_dynamic_scale_multiplies_both_buckets(token_model, bucket_model, dynami
     inputs, outputs = load_golden("audio2bucket", "inputs.safetensors"), load_golden("audio2bucket", "outputs.safetensors")
     result = audio_conditioning(token_model, bucket_model, token_inputs["x_call"][0], inputs["x_call"][0],
                                 inputs["clip_call"], dynamic_scale=dynamic_scale)
-    assert_close_peak(result.buckets, outputs[golden].reshape(1, 2), REL, golden)
+    assert_close_to_golden(result.buckets, outputs[golden].reshape(1, 2), f"audio2bucket/{golden}")
 
 
 def test_motion_scale_changes_only_the_motion_bucket(token_model, bucket_model):

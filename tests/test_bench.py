@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import GOLDEN, MANIFESTS
+from helpers import GOLDEN, MANIFESTS
 
 from sonic.cli import main
 from sonic.tools.bench import STAGES, count_unet_flops
@@ -35,15 +35,16 @@ def test_cpu_bench_runs_end_to_end_and_writes_a_valid_report(tmp_path, capsys):
     assert all(key in report for key in HEADLINE)
     assert report["models"].startswith("tiny zoo") and report["device"]["type"] == "cpu"
 
-    # 1 s of audio: 25 audio frames -> 12 generated frames -> 24 frames at 25 fps; 2 steps x 1 window.
-    assert report["video"] == {"seconds": 24 / 25, "frames": 24, "fps": 25.0, "generated_frames": 12,
+    # 1 s of audio: 25 audio frames -> 12 generated frames -> 24 at 25 fps, plus the last frame held once so the
+    # video ends with its audio (as every product path does): 25 frames; 2 steps x 1 window.
+    assert report["video"] == {"seconds": 25 / 25, "frames": 25, "fps": 25.0, "generated_frames": 12,
                                "unet_calls": 2, "windows_per_step": 1, "latent_size": [8, 8]}
     stages = report["stages"]
     assert list(stages) == list(STAGES)
     assert all(stages[name]["seconds"] > 0 for name in STAGES if name != "prepare")
     assert sum(s["share"] for s in stages.values()) == pytest.approx(1.0)
     total = sum(s["seconds"] for s in stages.values())
-    assert report["seconds_per_video_second"] == pytest.approx(total / (24 / 25))
+    assert report["seconds_per_video_second"] == pytest.approx(total / (25 / 25))
     assert report["seconds_per_step"] == pytest.approx(stages["sampling"]["seconds"] / 2)
     assert report["outside_unet_share"] == pytest.approx(1 - stages["sampling"]["share"])
 
@@ -57,7 +58,7 @@ def test_cpu_bench_runs_end_to_end_and_writes_a_valid_report(tmp_path, capsys):
     assert report["placement_ok"] is True  # keep: every model on the device in every stage
 
     facts = probe(video)  # the streamed decode -> RIFE -> MP4 chain wrote a real, complete video
-    assert facts["frame_count"] == 24 and facts["fps"] == pytest.approx(25.0)
+    assert facts["frame_count"] == 25 and facts["fps"] == pytest.approx(25.0)
     assert facts["audio_codec"] is not None and facts["width"] == facts["height"] == 64
 
 

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from conftest import FACE, speech_like
+from helpers import FACE, speech_like
 
 REPO = Path(__file__).resolve().parents[1]
 

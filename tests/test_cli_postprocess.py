@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from conftest import FACE, speech_like
+from helpers import FACE, speech_like
 
 SECONDS = 2.4  # lip-sync measurement needs at least 2 s; 2.4 s = 30 frames at 12.5 fps, 72 at 30 fps
 OUTPUT_FPS = 30

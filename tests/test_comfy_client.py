@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,7 @@ from comfyui_server import REPO, write_test_media
 from sonic.cli import main
 from sonic.tools.comfy_client import (apply_overrides, fill_media, parse_set_options, read_jobs, ui_to_api,
                                 video_outputs)
-from sonic.errors import ParameterError, SonicError
+from sonic.errors import ParameterError
 
 pytest_plugins = ["comfyui_server"]
 

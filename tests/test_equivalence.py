@@ -11,33 +11,20 @@ decode -> RIFE chain the benchmark and `SonicPipeline.stream` use.
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
-from conftest import FACE, GOLDEN, SR, assert_close_peak, load_golden, speech_like
+from helpers import FACE, SR, assert_close_peak, assert_close_to_golden, load_golden, speech_like
 
 from sonic.tools.bench import attention_backend
 
-UNET_REL = 1e-4  # golden/README.md: UNet outputs within 1e-4 of the peak
-FOLDER = GOLDEN / "unet_forward"
 
 
 @pytest.fixture(scope="module")
-def unet():
-    from safetensors.torch import load_file
-
-    from sonic.models.unet import build_sonic_unet
-
+def unet(golden_unet):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: per-op overhead dominates; 1 thread is fastest on shared runners
-    model = build_sonic_unet(json.loads((FOLDER / "config.json").read_text())["unet_config"]).eval()
-    index = json.loads((FOLDER / "weights.safetensors.index.json").read_text())
-    state = {}
-    for shard in sorted(set(index["weight_map"].values())):
-        state.update({k: v.clone() for k, v in load_file(str(FOLDER / shard)).items()})
-    model.load_state_dict(state, strict=True)
-    yield model
+    yield golden_unet
     torch.set_num_threads(threads)
 
 
@@ -54,7 +41,7 @@ def test_every_cpu_attention_backend_matches_the_official_window(unet, window, b
     args, expected = window
     with torch.no_grad(), attention_backend(backend, torch.device("cpu")):
         out = unet(*args)
-    assert_close_peak(out, expected, UNET_REL, f"noise_pred with SDPA backend {backend}")
+    assert_close_to_golden(out, expected, f"unet_forward/noise_pred with SDPA backend {backend}")
 
 
 def test_attention_backend_really_restricts_sdpa(unet, window):
@@ -74,7 +61,7 @@ def test_whole_unet_is_captured_in_one_graph_with_identical_output(unet, window)
         eager = unet(*args)
         captured = compiled(*args)
     assert torch.equal(captured, eager)
-    assert_close_peak(captured, expected, UNET_REL, "captured UNet")
+    assert_close_to_golden(captured, expected, "unet_forward/captured UNet")
     torch._dynamo.reset()
 
 

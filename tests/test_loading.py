@@ -37,11 +37,11 @@ def test_single_file_svd_layout_generates_the_same_frames(tiny_zoo, tmp_path, po
     """ComfyUI layout with the SVD VAE + CLIP in models/checkpoints/svd_xt.safetensors (original keys)."""
     import torch
 
-    from conftest import FACE, SR, speech_like
+    from helpers import FACE, GOLDEN, SR, speech_like
     from sonic import SonicPipeline
     from sonic.tools.zoo import write_tiny_zoo
 
-    models = write_tiny_zoo(tmp_path / "comfy", layout="comfyui", svd_single_file=True)
+    models = write_tiny_zoo(tmp_path / "comfy", layout="comfyui", svd_single_file=True, fixtures_dir=GOLDEN)
     single = models / "checkpoints" / "svd_xt.safetensors"
     assert single.is_file() and not (models / "sonic" / "stable-video-diffusion-img2vid-xt" / "vae").exists()
     official = SonicPipeline.from_pretrained(tiny_zoo, device="cpu", dtype="fp32", face_detector=False)

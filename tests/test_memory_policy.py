@@ -5,14 +5,14 @@ The CPU has one device, so the pipeline is given `cpu:0` as its compute device: 
 from the resting place "cpu" that still runs on the CPU, so every policy really moves its models
 (`Module.to`) and keeps its books. Forward pre-hooks record the pipeline's view of the device
 (`resident_modules()`) at the moment each network runs. That the books match the physical
-placement is checked on a GPU by `python -m sonic bench` (`placement_ok` in its report).
+placement is checked on a GPU by tests/test_gpu.py and by `python -m sonic bench` (`placement_ok`).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FACE, SR, speech_like
+from helpers import FACE, SR, speech_like
 
 from sonic.errors import DeviceMemoryError, Interrupted
 from sonic.weights.loading import load_models

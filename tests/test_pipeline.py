@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from sonic import ParameterError, SonicPipeline
 from sonic.errors import Interrupted
 
-from conftest import FACE, SR, speech_like
+from helpers import FACE, SR, speech_like
 
 SMALL = dict(face_box=FACE, min_resolution=64, inference_steps=4)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import MANIFESTS, assert_close_peak, load_golden
+from helpers import MANIFESTS, assert_close_peak, assert_close_to_golden, load_golden
 from sonic.errors import ParameterError, WeightsError
 from sonic.diffusion.interpolate import double_frame_rate, interpolate_pairs, iter_double_frame_rate
 from sonic.models.rife import IFNet, build_rife, rife_state_dict
@@ -43,9 +43,9 @@ def test_golden_stages_and_middle(golden, model):
         with torch.no_grad():
             got = model.flows(inputs[f"img0_{size}"], inputs[f"img1_{size}"])
         for name in ("flow_stage0", "flow_stage1", "flow", "mask_sigmoid", "middle"):
-            assert_close_peak(got[name], outputs[f"{name}_{size}"], 1e-5, f"{name} {size}")
+            assert_close_to_golden(got[name], outputs[f"{name}_{size}"], f"rife/{name} {size}")
         middle = interpolate_pairs(model, inputs[f"img0_{size}"], inputs[f"img1_{size}"])
-        assert_close_peak(middle, outputs[f"middle_clamped_{size}"], 1e-4, f"middle_clamped {size}")
+        assert_close_to_golden(middle, outputs[f"middle_clamped_{size}"], f"rife/middle_clamped {size}")
 
 
 def test_batched_equals_per_pair(golden, model):

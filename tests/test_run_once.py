@@ -14,7 +14,7 @@ import torch
 from sonic import SonicConfig, SonicPipeline
 from sonic.config import WHISPER_CHUNK_SAMPLES
 
-from conftest import FACE, SR, speech_like
+from helpers import FACE, SR, speech_like
 
 
 @pytest.fixture(scope="module")

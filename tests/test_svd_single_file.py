@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from conftest import SVD_CONFIGS
+from helpers import SVD_CONFIGS
 from sonic.errors import WeightsError
 from sonic.weights import BUILTIN_SVD_CONFIGS
 from sonic.models.image_models import build_clip_image_encoder, build_vae, clip_image_embeds, encode_reference

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import GOLDEN, assert_close_peak, load_golden
+from helpers import GOLDEN, assert_close_peak, assert_close_to_golden, load_golden
 
 from sonic.errors import ParameterError, WeightsError
 from sonic.models.audio_attention import (AttentionConditioning, audio_cross_attention, downsample_face_mask,
@@ -18,7 +18,6 @@ from sonic.models.audio_attention import (AttentionConditioning, audio_cross_att
 from sonic.models.unet import build_sonic_unet
 
 FOLDER = GOLDEN / "unet_forward"
-UNET_REL = 1e-4  # golden/README.md: UNet outputs within 1e-4 of the peak
 LAYER_REL = 1e-5  # a single layer: float32 reassociation only
 
 
@@ -27,18 +26,8 @@ def golden_config() -> dict:
 
 
 @pytest.fixture(scope="module")
-def unet(torch_threads):
-    """The tiny golden UNet with the official weights, loaded strictly from the 4 shards."""
-    from safetensors.torch import load_file
-
-    model = build_sonic_unet(golden_config()["unet_config"]).eval()
-    index = json.loads((FOLDER / "weights.safetensors.index.json").read_text())
-    state = {}
-    for shard in sorted(set(index["weight_map"].values())):
-        state.update({k: v.clone() for k, v in load_file(str(FOLDER / shard)).items()})
-    assert set(state) == set(index["weight_map"]) and len(state) == 440
-    model.load_state_dict(state, strict=True)
-    return model
+def unet(torch_threads, golden_unet):
+    return golden_unet
 
 
 def call(unet, inputs, **kwargs):
@@ -53,7 +42,7 @@ def test_sampling_window_matches_official(unet):
     inputs = load_golden("unet_forward", "sampling_inputs.safetensors")
     expected = load_golden("unet_forward", "sampling_outputs.safetensors")["noise_pred"]
     assert tuple(inputs["sample"].shape) == (3, 25, 8, 8, 12)
-    assert_close_peak(call(unet, inputs), expected, UNET_REL, "sampling noise_pred")
+    assert_close_to_golden(call(unet, inputs), expected, "unet_forward/sampling noise_pred")
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +61,15 @@ def test_generic_forward_and_intermediates_match_official(generic_run):
     # In forward order, so the first failure names the first wrong stage.
     for name in ("time_proj", "add_time_proj", "time_embedding", "add_embedding", "conv_in", "down_blocks_0",
                  "down_blocks_1", "mid_block", "up_blocks_0", "up_blocks_1", "conv_out"):
-        assert_close_peak(recorded[name], golden[name], UNET_REL, name)
-    assert_close_peak(out, expected, UNET_REL, "generic noise_pred")
+        assert_close_to_golden(recorded[name], golden[name], f"unet_forward/{name}")
+    assert_close_to_golden(out, expected, "unet_forward/generic noise_pred")
 
 
 def test_missing_face_mask_is_caught_by_the_golden(unet, generic_run):
     """The golden comparison can fail: dropping the mask moves the output far beyond tolerance."""
     inputs, expected, _, _ = generic_run
     with pytest.raises(AssertionError):
-        assert_close_peak(call(unet, dict(inputs, face_mask=None)), expected, UNET_REL, "no mask")
+        assert_close_to_golden(call(unet, dict(inputs, face_mask=None)), expected, "unet_forward/no mask")
 
 
 # --- face mask -------------------------------------------------------------------------------------
@@ -91,7 +80,7 @@ def test_missing_face_mask_is_caught_by_the_golden(unet, generic_run):
 def test_face_mask_downsampling_matches_official(case, file, level):
     mask = load_golden("unet_forward", f"{case}_inputs.safetensors")["face_mask"]
     expected = load_golden("unet_forward", file)[f"mask_level{level}"]
-    assert torch.equal(downsample_face_mask(mask, expected.numel()), expected.flatten())
+    assert_close_to_golden(downsample_face_mask(mask, expected.numel()), expected.flatten(), f"unet_forward/mask {level}")
 
 
 @pytest.mark.parametrize("height,width", [(512, 512), (512, 704), (704, 512), (512, 896), (576, 512)])

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import MANIFESTS, SVD_CONFIGS
+from helpers import MANIFESTS, SVD_CONFIGS
 
 from sonic.models.unet import adapter_keys, build_sonic_unet
 from sonic.weights import hint_stock_svd_unet, identify_weights

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import GOLDEN, SVD_CONFIGS, assert_close_peak, load_golden
+from helpers import GOLDEN, SVD_CONFIGS, assert_close_peak, assert_close_to_golden, load_golden
 from sonic.config import VAE_SCALING_FACTOR
 from sonic.diffusion.decode import decode_all, decode_latents
 from sonic.errors import ParameterError, WeightsError
@@ -36,8 +36,8 @@ def test_encode_reference_matches_golden(golden, vae):
     ref_latent, image_latent = encode_reference(vae, golden["inputs"]["image"])
     out = golden["outputs"]
     assert ref_latent.dtype == image_latent.dtype == torch.float32
-    assert_close_peak(ref_latent, out["ref_image_latents"], 1e-4, "ref_latent")
-    assert_close_peak(image_latent, out["latent_mode"], 1e-4, "image_latent")
+    assert_close_to_golden(ref_latent, out["ref_image_latents"], "vae/ref_latent")
+    assert_close_to_golden(image_latent, out["latent_mode"], "vae/image_latent")
     # One encode serves both: mean == mode for a diagonal Gaussian, only the scaling differs.
     assert torch.equal(ref_latent, image_latent * VAE_SCALING_FACTOR)
     # The concat latent is NOT scaled: a swap of the two would fail here.
@@ -65,10 +65,10 @@ def test_chunked_decode_matches_golden(golden, vae):
     assert [c.shape for c in chunks] == [(2, 64, 96, 3), (2, 64, 96, 3), (1, 64, 96, 3)]
     assert all(c.dtype == torch.float32 and c.device.type == "cpu" for c in chunks)
     frames = _as_official_layout(torch.cat(chunks))
-    assert_close_peak(frames, out["video_0_1_chunk2"], 1e-4, "chunk 2")
+    assert_close_to_golden(frames, out["video_0_1_chunk2"], "vae/chunk 2")
     single = _as_official_layout(decode_all(vae, latents[0], chunk_size=8))  # (N, C, h, w) input works too
     expected_single = (out["frames_chunk5"] * 0.5 + 0.5).clamp(0, 1)
-    assert_close_peak(single, expected_single, 1e-4, "one chunk")
+    assert_close_to_golden(single, expected_single, "vae/one chunk")
     # Chunking is not cosmetic: the temporal decoder mixes frames inside a chunk only.
     assert (single - frames).abs().max() > 1e-3
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import GOLDEN, MANIFESTS, load_golden
+from helpers import GOLDEN, MANIFESTS, golden_unet_state, load_golden
 
 from sonic.errors import WeightsError
 from sonic.weights import (HINTS, check_state_dict, convert_checkpoints, convert_file, find_model_files,
@@ -177,15 +177,8 @@ def test_audio_adapters_swapped_are_diagnosed():
         assert identify_weights(manifest) == role
 
 
-def _golden_unet() -> dict[str, torch.Tensor]:
-    merged = {}
-    for i in range(1, 5):
-        merged.update(load_golden("unet_forward", f"weights-0000{i}-of-00004.safetensors"))
-    return merged
-
-
 def test_stock_svd_unet_in_place_of_unet_pth_is_diagnosed():
-    sonic_unet = _golden_unet()
+    sonic_unet = golden_unet_state()
     expected = shapes_of(sonic_unet)
     stock = {k: v for k, v in sonic_unet.items() if "to_k_ip" not in k and "to_v_ip" not in k}
     with pytest.raises(WeightsError) as info:
@@ -306,7 +299,7 @@ def test_convert_refuses_swapped_audio_adapters(tmp_path):
 
 def test_finder_prefers_twins_after_convert(tmp_path):
     _official_folder(tmp_path)
-    torch.save(_golden_unet(), tmp_path / "Sonic/unet.pth")
+    torch.save(golden_unet_state(), tmp_path / "Sonic/unet.pth")
     before = find_model_files(tmp_path, need_face_detector=False, svd_checkpoint=_dummy_svd(tmp_path))
     assert before.unet.name == "unet.pth" and before.rife.name == "flownet.pkl"
     assert before.whisper_weights.name == "pytorch_model.bin"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import GOLDEN
+from helpers import GOLDEN
 
 from sonic.errors import ParameterError
 from sonic.diffusion.sampler import window_added_time_ids

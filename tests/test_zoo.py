@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import GOLDEN, load_golden
+from helpers import GOLDEN, SVD_CONFIGS, golden_unet_state, load_golden
 
 from sonic.errors import ParameterError, WeightsError
 from sonic.weights import (BUILTIN_SVD_CONFIGS, HINTS, check_state_dict, convert_checkpoints, find_model_files,
@@ -17,19 +17,11 @@ from sonic.tools.zoo import write_tiny_zoo
 
 @pytest.fixture(scope="module")
 def zoos(tmp_path_factory):
-    """One official-layout zoo (pickles + face detector) and one ComfyUI-layout zoo (safetensors)."""
+    """One official-layout zoo (pickles + face detector) and one ComfyUI-layout zoo (safetensors), golden weights."""
     base = tmp_path_factory.mktemp("zoos")
-    official = write_tiny_zoo(base / "checkpoints", with_face_detector=True)
-    comfy = write_tiny_zoo(base / "comfy", layout="comfyui", file_format="safetensors")
+    official = write_tiny_zoo(base / "checkpoints", with_face_detector=True, fixtures_dir=GOLDEN)
+    comfy = write_tiny_zoo(base / "comfy", layout="comfyui", file_format="safetensors", fixtures_dir=GOLDEN)
     return official, comfy
-
-
-def _golden_unet_shapes() -> dict[str, tuple]:
-    index = json.loads((GOLDEN / "unet_forward" / "weights.safetensors.index.json").read_text())
-    shapes = {}
-    for shard in sorted(set(index["weight_map"].values())):
-        shapes.update(shapes_of(load_golden("unet_forward", shard)))
-    return shapes
 
 
 def test_zoo_files_load_safely_with_the_golden_keys(zoos):
@@ -37,7 +29,7 @@ def test_zoo_files_load_safely_with_the_golden_keys(zoos):
     for models_dir in (official, comfy):
         files = find_model_files(models_dir, need_face_detector=False)
         expected = {
-            files.unet: ("unet", _golden_unet_shapes(), 440),
+            files.unet: ("unet", shapes_of(golden_unet_state()), 440),
             files.audio2token: ("audio2token", shapes_of(load_golden("audio2token", "weights.safetensors")), 8),
             files.audio2bucket: ("audio2bucket", shapes_of(load_golden("audio2bucket", "weights.safetensors")), 6),
         }
@@ -174,8 +166,6 @@ def test_single_file_svd_uses_the_builtin_configs(zoos, tmp_path):
 
 
 def test_builtin_svd_configs_equal_the_reference_configs():
-    from conftest import SVD_CONFIGS
-
     for ref in SVD_CONFIGS.rglob("*.json"):
         assert (BUILTIN_SVD_CONFIGS / ref.relative_to(SVD_CONFIGS)).read_text() == ref.read_text()
 
@@ -230,3 +220,36 @@ def test_single_file_zoo_keeps_only_the_configs_shapes_cannot_give(tmp_path):
     assert "first_stage_model.decoder.conv_out.time_mix_conv.weight" in keys
     assert "conditioner.embedders.0.open_clip.model.visual.transformer.resblocks.0.attn.in_proj_weight" in keys
     assert not any(k.startswith(("vae.", "encoder.", "decoder.", "vision_model.")) for k in keys)
+    from sonic.weights.loading import doctor_report
+
+    ok, lines = doctor_report(models)  # the seeded (default) weights load in every role
+    assert ok, lines
+
+
+def test_make_tiny_zoo_refuses_a_folder_that_holds_files(tmp_path, capsys):
+    from sonic.cli import main
+
+    real = tmp_path / "checkpoints" / "Sonic" / "unet.pth"
+    real.parent.mkdir(parents=True)
+    real.write_bytes(b"the user's real weights")
+    assert main(["make-tiny-zoo", str(tmp_path / "checkpoints")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--overwrite" in err and str(tmp_path / "checkpoints") in err
+    assert real.read_bytes() == b"the user's real weights"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["Sonic", "checkpoints", "unet.pth"]  # nothing written
+    (tmp_path / "a_file").write_text("x")
+    assert main(["make-tiny-zoo", str(tmp_path / "a_file"), "--overwrite"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_make_tiny_zoo_writes_every_model_and_overwrites_when_asked(tmp_path, capsys):
+    from sonic.cli import main
+
+    dest = tmp_path / "checkpoints"
+    (dest / "Sonic").mkdir(parents=True)
+    (dest / "Sonic" / "unet.pth").write_bytes(b"old")
+    assert main(["make-tiny-zoo", str(dest), "--overwrite"]) == 0
+    files = find_model_files(dest)  # the face detector too: every model type is there
+    assert files.face_detector == dest / "yoloface_v5m.pt" and files.rife.is_file()
+    assert read_state_dict(files.unet, what="unet")  # replaced by a real (tiny) state dict
+    assert str(dest) in capsys.readouterr().out

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
-HELP = "speed and memory benchmark (see BENCHMARKS.md)"
-DESCRIPTION = "Speed and memory benchmark of the whole pipeline, stage by stage (random weights or a real folder)."
-
 from ..placement import MEMORY_POLICIES
 from ..tools.bench_settings import ATTENTION_BACKENDS, SIZES, WARMUP_STEPS
+
+HELP = "speed and memory benchmark (see BENCHMARKS.md)"
+DESCRIPTION = "Speed and memory benchmark of the whole pipeline, stage by stage (random weights or a real folder)."
 
 
 def add_arguments(parser) -> None:

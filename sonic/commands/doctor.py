@@ -6,14 +6,16 @@ HELP = "check a weights folder and say what is missing or wrong"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--models", required=True, help="weights folder (official checkpoints/ or ComfyUI models/)")
+    parser.add_argument("--models", help="weights folder (official checkpoints/ or ComfyUI models/); default: "
+                                         "as for generate")
     parser.add_argument("--svd-checkpoint", help="SVD-xt single file instead of the diffusers folder")
 
 
 def run(args) -> int:
     from ..weights.loading import doctor_report
+    from ..weights.locate import default_models_dir
 
-    ok, lines = doctor_report(args.models, svd_checkpoint=args.svd_checkpoint)
+    ok, lines = doctor_report(args.models or default_models_dir(), svd_checkpoint=args.svd_checkpoint)
     for line in lines:
         print(line)
     return 0 if ok else 1

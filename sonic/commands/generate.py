@@ -13,7 +13,8 @@ HELP = "portrait + audio -> lip-synced MP4"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--models", required=True, help="weights folder (official checkpoints/ or ComfyUI models/)")
+    parser.add_argument("--models", help="weights folder (official checkpoints/ or ComfyUI models/); default: "
+                                         "$SONIC_MODELS or the folder `python -m sonic download` fills")
     parser.add_argument("--image", required=True, help="portrait image (PNG/JPEG/WebP/BMP)")
     parser.add_argument("--audio", required=True, help="speech audio (WAV/MP3/FLAC/OGG/Opus/M4A)")
     parser.add_argument("--out", required=True, help="output .mp4 path")
@@ -53,13 +54,15 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from ..config import SonicConfig
     from ..inputs.audio import load_audio
     from ..inputs.face_box import check_inside, parse_face_box
-    from ..config import SonicConfig
     from ..inputs.image import load_image
     from ..media.video import check_encoder_settings, check_output_path
     from ..weights import find_model_files
+    from ..weights.locate import default_models_dir
 
+    args.models = args.models or str(default_models_dir())
     # Everything that can be checked cheaply is checked before any model loads.
     out_path = check_output_path(args.out, args.overwrite)
     check_encoder_settings(args.crf, args.preset)
@@ -82,8 +85,8 @@ def run(args) -> int:
 
     import torch
 
-    from ..pipeline import SonicPipeline
     from ..media.video import write_mp4
+    from ..pipeline import SonicPipeline
 
     started = time.perf_counter()
     progress = StageProgress(enabled=not args.quiet)

@@ -13,8 +13,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from ..job import PreparedJob, SonicOutput, SonicStream
 from ..inputs.portrait import PreparedPortrait
+from ..job import PreparedJob, SonicOutput, SonicStream
 
 
 def finish(pipe, job: PreparedJob, frames: torch.Tensor | Iterable[torch.Tensor], *, interpolate: bool,

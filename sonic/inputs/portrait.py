@@ -21,8 +21,8 @@ import torch
 from ..config import CLIP_MEAN, CLIP_SIZE, CLIP_STD, DEFAULT_MAX_IMAGE_PIXELS, SIZE_MULTIPLE, check_range
 from ..errors import FaceNotFoundError, ImageError, ParameterError
 from .face_box import parse_face_box
-from .image import load_image
 from .face_detectors import FaceBox, FaceDetector, default_face_detector, select_face
+from .image import load_image
 
 logger = logging.getLogger(__name__)
 

@@ -26,10 +26,7 @@ from pathlib import Path
 
 from ..errors import WeightsError
 
-SONIC_REPO = "https://huggingface.co/LeonJoe13/Sonic"
-SVD_REPO = "https://huggingface.co/stabilityai/stable-video-diffusion-img2vid-xt"
-WHISPER_REPO = "https://huggingface.co/openai/whisper-tiny"
-
+HUB = "https://huggingface.co"
 SVD_FOLDER = "stable-video-diffusion-img2vid-xt"
 WHISPER_FOLDER = "whisper-tiny"
 SVD_SINGLE_FILES = ("svd_xt.safetensors", "svd_xt_1_1.safetensors")
@@ -40,10 +37,86 @@ OFFICIAL_LAYOUT, COMFYUI_LAYOUT = LAYOUTS = ("official", "comfyui")
 #: SVD-xt configs shipped with the package (used when the diffusers folder lacks them).
 BUILTIN_SVD_CONFIGS = Path(__file__).resolve().parent.parent / "assets" / "svd_xt"
 
-# Accepted weight file names, best first (fp16 variants are accepted, never required).
-_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
-_TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.fp16.safetensors")
-_WHISPER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+@dataclass(frozen=True)
+class Source:
+    """A Hugging Face repository that Sonic takes files from."""
+
+    name: str  # the `download --only` group
+    repo_id: str
+    folder: str  # where its files go inside the Sonic weights folder ("" = the folder itself)
+    licence: str
+    gated: bool = False  # the hub asks users to accept the licence before any download
+    comfyui_strip: str = ""  # repository sub-folder dropped in the ComfyUI layout (files lie flat there)
+
+    @property
+    def url(self) -> str:
+        return f"{HUB}/{self.repo_id}"
+
+    def local_path(self, name: str, layout: str) -> str:
+        """Where the repository file `name` goes, relative to the Sonic weights folder."""
+        if layout == COMFYUI_LAYOUT and self.comfyui_strip and name.startswith(self.comfyui_strip):
+            name = name[len(self.comfyui_strip):]
+        return f"{self.folder}/{name}" if self.folder else name
+
+
+SONIC_SOURCE = Source("sonic", "LeonJoe13/Sonic", "", "CC BY-NC-SA 4.0 (non-commercial use only)",
+                      comfyui_strip="Sonic/")
+SVD_SOURCE = Source("svd", "stabilityai/stable-video-diffusion-img2vid-xt", SVD_FOLDER,
+                    "Stability AI Community License (accept it on the model page)", gated=True)
+WHISPER_SOURCE = Source("whisper", "openai/whisper-tiny", WHISPER_FOLDER, "Apache-2.0 (per its model card)")
+SOURCES = {s.name: s for s in (SONIC_SOURCE, SVD_SOURCE, WHISPER_SOURCE)}
+SONIC_REPO, SVD_REPO, WHISPER_REPO = SONIC_SOURCE.url, SVD_SOURCE.url, WHISPER_SOURCE.url
+
+
+@dataclass(frozen=True)
+class RepoFile:
+    """One file Sonic reads, as its repository names it. `names`: the accepted alternatives,
+    best first (what the official code loads first: SVD's fp16 variants); the downloader
+    fetches the first one the repository has. Optional files are used when present."""
+
+    key: str
+    source: Source
+    names: tuple[str, ...]
+    what: str
+    optional: bool = False
+
+
+#: Every file Sonic reads from the three repositories (and nothing else: never SVD's UNet
+#: weights, which Sonic's unet.pth replaces). `find_model_files` and `sonic download` use it.
+RELEASE_FILES = (
+    RepoFile("unet", SONIC_SOURCE, ("Sonic/unet.pth",), "Sonic UNet"),
+    RepoFile("audio2token", SONIC_SOURCE, ("Sonic/audio2token.pth",), "Sonic audio-to-token adapter"),
+    RepoFile("audio2bucket", SONIC_SOURCE, ("Sonic/audio2bucket.pth",), "Sonic audio-to-bucket adapter"),
+    RepoFile("rife", SONIC_SOURCE, ("RIFE/flownet.pkl",), "RIFE frame interpolation (or turn interpolation off)",
+             optional=True),
+    RepoFile("face_detector", SONIC_SOURCE, (FACE_DETECTOR_FILE,),
+             "YOLOv5-face detector (or use the OpenCV fallback detector)", optional=True),
+    RepoFile("whisper_config", WHISPER_SOURCE, ("config.json",), "Whisper-tiny config"),
+    RepoFile("whisper_weights", WHISPER_SOURCE, ("model.safetensors", "pytorch_model.bin"), "Whisper-tiny weights"),
+    RepoFile("whisper_preprocessor", WHISPER_SOURCE, ("preprocessor_config.json",), "Whisper-tiny preprocessor config",
+             optional=True),
+    RepoFile("vae_config", SVD_SOURCE, ("vae/config.json",), "SVD-xt vae config"),
+    RepoFile("vae_weights", SVD_SOURCE, ("vae/diffusion_pytorch_model.fp16.safetensors",
+                                         "vae/diffusion_pytorch_model.safetensors"), "SVD-xt vae weights"),
+    RepoFile("image_encoder_config", SVD_SOURCE, ("image_encoder/config.json",), "SVD-xt image_encoder config"),
+    RepoFile("image_encoder_weights", SVD_SOURCE, ("image_encoder/model.fp16.safetensors",
+                                                   "image_encoder/model.safetensors"), "SVD-xt image_encoder weights"),
+    RepoFile("unet_config", SVD_SOURCE, ("unet/config.json",), "SVD-xt UNet config (no weights)", optional=True),
+    RepoFile("scheduler_config", SVD_SOURCE, ("scheduler/scheduler_config.json",), "SVD-xt scheduler config",
+             optional=True),
+)
+FILES = {f.key: f for f in RELEASE_FILES}
+
+
+def _basenames(key: str) -> tuple[str, ...]:
+    return tuple(n.rsplit("/", 1)[-1] for n in FILES[key].names)
+
+
+# Accepted local weight file names, best first.
+_DIFFUSERS_WEIGHTS = _basenames("vae_weights")
+_TRANSFORMERS_WEIGHTS = _basenames("image_encoder_weights")
+_WHISPER_WEIGHTS = _basenames("whisper_weights")
 
 
 @dataclass(frozen=True)
@@ -160,42 +233,41 @@ def find_model_files(models_dir, *, need_face_detector: bool = True, need_interp
     if target not in roots:
         roots.append(target)
     missing: list[_Missing] = []
-    sonic_sub = "Sonic" if layout == OFFICIAL_LAYOUT else ""
 
-    def need(path: Path | None, what: str, target_path: Path, source: str) -> Path | None:
+    def need(path: Path | None, key: str, target_path: Path | None = None, source: str | None = None,
+             what: str | None = None) -> Path | None:
         if path is None:
-            missing.append(_Missing(what, target_path, source))
+            entry = FILES[key]
+            missing.append(_Missing(what or entry.what,
+                                    target_path or target / entry.source.local_path(entry.names[0], layout),
+                                    source or f"{entry.source.url} (file {entry.names[0]})"))
         return path
 
     found: dict[str, Path | None] = {}
-    for stem, what in (("unet", "Sonic UNet"), ("audio2token", "Sonic audio-to-token adapter"),
-                       ("audio2bucket", "Sonic audio-to-bucket adapter")):
-        found[stem] = need(_sonic_file(roots, stem, ".pth", "Sonic"), what, target / sonic_sub / f"{stem}.pth",
-                           f"{SONIC_REPO} (file Sonic/{stem}.pth)")
-
-    rife = _sonic_file(roots, "flownet", ".pkl", "RIFE")
-    if need_interpolation:
-        need(rife, "RIFE frame interpolation (or turn interpolation off)", target / "RIFE" / "flownet.pkl",
-             f"{SONIC_REPO} (file RIFE/flownet.pkl)")
+    for key in ("unet", "audio2token", "audio2bucket", "rife"):
+        subfolder, name = FILES[key].names[0].split("/")
+        stem, suffix = name.rsplit(".", 1)
+        found[key] = _sonic_file(roots, stem, f".{suffix}", subfolder)
+        if key != "rife" or need_interpolation:
+            need(found[key], key)
     face = _first_file(root / FACE_DETECTOR_FILE for root in roots)
     if need_face_detector:
-        need(face, "YOLOv5-face detector (or use the OpenCV fallback detector)", target / FACE_DETECTOR_FILE,
-             f"{SONIC_REPO} (file {FACE_DETECTOR_FILE})")
+        need(face, "face_detector")
 
     whisper_dir = _find_dir(roots, WHISPER_FOLDER) or target / WHISPER_FOLDER
-    whisper_config = need(_first_file([whisper_dir / "config.json"]), "Whisper-tiny config",
-                          whisper_dir / "config.json", f"{WHISPER_REPO} (config.json)")
-    whisper_weights = need(_first_file(whisper_dir / n for n in _WHISPER_WEIGHTS), "Whisper-tiny weights",
-                           whisper_dir / "model.safetensors", f"{WHISPER_REPO} (model.safetensors)")
+    whisper_config = need(_first_file([whisper_dir / "config.json"]), "whisper_config", whisper_dir / "config.json")
+    whisper_weights = need(_first_file(whisper_dir / n for n in _WHISPER_WEIGHTS), "whisper_weights",
+                           whisper_dir / _WHISPER_WEIGHTS[0])
     whisper_pre = _first_file([whisper_dir / "preprocessor_config.json"])
 
     svd = _find_svd(roots, target, checkpoints_dir, svd_checkpoint, need)
     if missing:
-        raise WeightsError(_missing_message(missing, roots, checkpoints_dir, layout))
+        raise WeightsError(_missing_message(missing, roots, checkpoints_dir, layout, models_dir))
     return ModelFiles(
         root=models_dir, layout=layout, unet=found["unet"], audio2token=found["audio2token"],
         audio2bucket=found["audio2bucket"], whisper_dir=whisper_dir, whisper_config=whisper_config,
-        whisper_weights=whisper_weights, whisper_preprocessor=whisper_pre, face_detector=face, rife=rife, **svd)
+        whisper_weights=whisper_weights, whisper_preprocessor=whisper_pre, face_detector=face, rife=found["rife"],
+        **svd)
 
 
 def _find_svd(roots, target, checkpoints_dir, svd_checkpoint, need) -> dict:
@@ -210,8 +282,8 @@ def _find_svd(roots, target, checkpoints_dir, svd_checkpoint, need) -> dict:
     if svd_checkpoint is not None and str(svd_checkpoint).strip():
         single = Path(svd_checkpoint).expanduser()
         if not single.is_file():
-            need(None, "SVD-xt single-file checkpoint (svd_checkpoint=)", single,
-                 f"{SVD_REPO} (svd_xt.safetensors), or drop svd_checkpoint= to use the diffusers folder")
+            need(None, "vae_weights", single, f"{SVD_REPO} (svd_xt.safetensors), or drop svd_checkpoint= to use the "
+                 f"diffusers folder", what="SVD-xt single-file checkpoint (svd_checkpoint=)")
             single = None
         return _svd_fields(None, None, None, single, builtin, config, config_dir=svd_dir)
 
@@ -230,13 +302,11 @@ def _find_svd(roots, target, checkpoints_dir, svd_checkpoint, need) -> dict:
     # Neither: report the diffusers-folder files (the single file is the alternative).
     folder = svd_dir or target / SVD_FOLDER
     alt = f"; or instead put svd_xt.safetensors in {checkpoints_dir}"
-    for sub, name, weights in (("vae", "config.json", None), ("vae", _DIFFUSERS_WEIGHTS[0], _DIFFUSERS_WEIGHTS),
-                               ("image_encoder", "config.json", None),
-                               ("image_encoder", _TRANSFORMERS_WEIGHTS[0], _TRANSFORMERS_WEIGHTS)):
-        names = weights or (name,)
-        if _first_file(folder / sub / n for n in names) is None:
-            need(None, f"SVD-xt {sub} {'weights' if weights else 'config'}", folder / sub / name,
-                 f"{SVD_REPO} (file {sub}/{name}; accept the licence on Hugging Face first{alt})")
+    for key in ("vae_config", "vae_weights", "image_encoder_config", "image_encoder_weights"):
+        names = FILES[key].names
+        if _first_file(folder / n for n in names) is None:
+            need(None, key, folder / names[0],
+                 f"{SVD_REPO} (file {names[0]}; accept the licence on Hugging Face first{alt})")
     return _svd_fields(None, None, None, None, builtin, config)
 
 
@@ -251,7 +321,48 @@ def _svd_fields(svd_dir, vae_w, image_w, single, builtin, config, config_dir=Non
                 image_encoder_config=config(config_dir, "image_encoder", "config.json"))
 
 
-def _missing_message(missing: list[_Missing], roots: list[Path], checkpoints_dir: Path, layout: str) -> str:
+def default_models_dir() -> Path:
+    """The weights folder used when none is given: `$SONIC_MODELS`, else a per-user cache
+    folder (`~/.cache/sonic/models` on Linux, `~/Library/Caches/sonic/models` on macOS,
+    `%LOCALAPPDATA%\\sonic\\models` on Windows)."""
+    import os
+    import sys
+
+    if os.environ.get("SONIC_MODELS", "").strip():
+        return Path(os.environ["SONIC_MODELS"]).expanduser()
+    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
+        base = Path(os.environ["LOCALAPPDATA"])
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "sonic" / "models"
+
+
+def detect_layout(models_dir) -> str:
+    """"official" or "comfyui": what the folder looks like ("official" for a new, empty one)."""
+    return _layout_and_target(Path(models_dir).expanduser())[0]
+
+
+def sonic_folder(models_dir, layout: str) -> Path:
+    """Where the Sonic files go: `models_dir` itself (official, or ComfyUI's models/sonic), else models/sonic."""
+    models_dir = Path(models_dir).expanduser()
+    if layout == OFFICIAL_LAYOUT or models_dir.name.lower() == "sonic":
+        return models_dir
+    return models_dir / "sonic"
+
+
+def download_command(models_dir, layout: str) -> str:
+    """The command that fetches every missing file into `models_dir`."""
+    import shlex
+
+    if Path(models_dir).expanduser() == default_models_dir() and layout == OFFICIAL_LAYOUT:
+        return "python -m sonic download"
+    return f"python -m sonic download --models {shlex.quote(str(models_dir))} --layout {layout}"
+
+
+def _missing_message(missing: list[_Missing], roots: list[Path], checkpoints_dir: Path, layout: str,
+                     models_dir: Path) -> str:
     searched = sorted({str(r) for r in roots} | {str(checkpoints_dir)})
     lines = [f"{len(missing)} model file(s) missing ({layout} layout). Searched: {', '.join(searched)}."]
     absent = [r for r in roots if not r.exists()]
@@ -259,6 +370,5 @@ def _missing_message(missing: list[_Missing], roots: list[Path], checkpoints_dir
         lines.append(f"  (the folder {absent[0]} does not exist yet: create it and put the files below in it)")
     for m in missing:
         lines.append(f"  - {m.what}: put it at {m.target}  <- {m.source}")
-    lines.append("Download with e.g. `huggingface-cli download LeonJoe13/Sonic --local-dir DIR` (plus the SVD-xt "
-                 "and whisper-tiny repositories); this program never downloads anything itself.")
+    lines.append(f"Download them with `{download_command(models_dir, layout)}` (only the files Sonic needs).")
     return "\n".join(lines)

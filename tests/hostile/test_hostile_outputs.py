@@ -111,7 +111,7 @@ def test_make_tiny_zoo_refuses_to_replace_real_weights(tmp_path):
     (dest / "Sonic").mkdir(parents=True)
     (dest / "Sonic" / "unet.pth").write_bytes(b"the user's real UNet")
     outcome = run_sonic("make-tiny-zoo", dest)
-    assert_one_line_error(outcome, "Sonic/unet.pth", "--overwrite")
+    assert_one_line_error(outcome, "not empty", "--overwrite")
     assert (dest / "Sonic" / "unet.pth").read_bytes() == b"the user's real UNet"
     assert listing(dest) == ["Sonic", "Sonic/unet.pth"]  # nothing published, scratch removed
     forced = run_sonic("make-tiny-zoo", dest, "--overwrite")

@@ -26,41 +26,56 @@ class Outcome:
     peak_mb: float  # the child's peak resident memory (ru_maxrss)
 
 
+# The measured child writes its own peak (VmHWM: the high-water mark of its address space, which
+# starts afresh at exec) on exit. ru_maxrss from wait4 cannot be used: a child forked from the
+# big pytest process inherits the parent's high-water mark.
+PEAK_PRELUDE = """
+import atexit as _atexit, os as _os
+def _report_peak(path=_os.environ.get("SONIC_TEST_PEAK_FILE")):
+    if path:
+        for _line in open("/proc/self/status"):
+            if _line.startswith("VmHWM:"):
+                open(path, "w").write(_line.split()[1])
+_atexit.register(_report_peak)
+"""
+
+
 def run_python(code: str, *args, timeout: float = 120, cwd=None) -> Outcome:
-    """Run `python -c code args...` with our `sonic` first on the path; wait4 gives its peak memory."""
-    return run_command([sys.executable, "-c", code, *map(str, args)], timeout=timeout, cwd=cwd)
+    """Run `python -c code args...` with our `sonic` first on the path, measuring its peak memory."""
+    return run_command([sys.executable, "-c", PEAK_PRELUDE + code, *map(str, args)], timeout=timeout, cwd=cwd)
 
 
 def run_sonic(*args, timeout: float = 300, cwd=None) -> Outcome:
-    return run_command([sys.executable, "-m", "sonic", *map(str, args)], timeout=timeout, cwd=cwd)
+    """`python -m sonic ARGS` (through runpy, so the peak-memory report is installed first)."""
+    code = PEAK_PRELUDE + "import runpy, sys\nsys.argv[0] = 'sonic'\nrunpy.run_module('sonic', run_name='__main__')"
+    return run_command([sys.executable, "-c", code, *map(str, args)], timeout=timeout, cwd=cwd)
 
 
 def run_command(command: list[str], *, timeout: float, cwd=None) -> Outcome:
-    """Run a child with stdin closed; `os.wait4` reaps it, so its own peak memory is known."""
+    """Run a child with stdin closed and a wall-clock limit; `peak_mb` is its own peak memory."""
     import tempfile
 
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".peak") as peak:
+        env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+                   SONIC_TEST_PEAK_FILE=peak.name)
         started = time.monotonic()
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
                                    cwd=cwd or REPO)
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - started > timeout:
-                process.kill()
-                os.wait4(process.pid, 0)
-                err.seek(0)
-                raise AssertionError(f"{command[1:4]} hung for more than {timeout} s; stderr: "
-                                     f"{err.read().decode(errors='replace')[-2000:]}")
-            time.sleep(0.02)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            err.seek(0)
+            raise AssertionError(f"{command[1:4]} hung for more than {timeout} s; stderr: "
+                                 f"{err.read().decode(errors='replace')[-2000:]}") from None
         seconds = time.monotonic() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
+        text = peak.read().strip()
         return Outcome(process.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                       seconds, usage.ru_maxrss / 1024)
+                       seconds, int(text) / 1024 if text else float("nan"))
 
 
 def assert_one_line_error(outcome: Outcome, *words: str) -> str:

@@ -128,11 +128,13 @@ def comfy_errors(progress: ComfyProgress | None, *, knobs: str) -> Iterator[None
     * an interrupt raised inside our progress callback (possibly wrapped by the library) is
       re-raised as comfy's `InterruptProcessingException`, so the executor reports
       `execution_interrupted` instead of an error;
-    * a device OOM frees ComfyUI's models and becomes a `DeviceMemoryError` naming the knobs.
+    * a device OOM frees ComfyUI's models and becomes a `DeviceMemoryError` naming the knobs;
+    * any other failure of the user's files or machine (disk full, a name too long, bad JSON,
+      CPU memory) becomes a `SonicError` with one line (`sonic.errors.failure_message`).
     """
     import torch
 
-    from sonic.errors import DeviceMemoryError
+    from sonic.errors import DeviceMemoryError, SonicError, failure_message
 
     mm = model_management()
     try:
@@ -150,7 +152,10 @@ def comfy_errors(progress: ComfyProgress | None, *, knobs: str) -> Iterator[None
     except Exception as exc:
         if progress is not None and progress.interrupted:
             raise mm.InterruptProcessingException() from exc
-        raise
+        message = failure_message(exc)
+        if message is None or isinstance(exc, SonicError):
+            raise  # a bug keeps its traceback; our own errors already read as one line
+        raise SonicError(message) from None  # disk full, JSON, CPU memory, ...: ComfyUI shows this line
 
 
 def release_memory(pipe) -> None:

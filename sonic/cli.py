@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from . import __version__
-from .errors import SonicError
+from .errors import failure_message
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -30,28 +30,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def guarded(run, *, debug: bool) -> int:
-    """Run a command; a `SonicError` becomes one `error:` line and exit status 2."""
+    """Run a command: a failure the user or the environment caused (see `errors.failure_message`)
+    becomes one `error:` line and exit status 2; a bug keeps its traceback; `debug` shows all."""
     try:
         return run()
-    except SonicError as exc:
-        if debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: no output was written", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except MemoryError:
-        if debug:
+    except Exception as exc:
+        message = failure_message(exc)
+        if debug or message is None:
             raise
-        print("error: this computer ran out of memory; try a shorter --duration, a smaller --min-resolution or "
-              "--memory-policy lowvram, or close other programs", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except RuntimeError as exc:
-        if debug or type(exc).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch
-            raise
-        print("error: the GPU ran out of memory; try --memory-policy lowvram, a smaller --min-resolution or "
-              "--dtype bf16", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

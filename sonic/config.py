@@ -46,6 +46,7 @@ VAE_SCALING_FACTOR = 0.18215  # hard-coded in the official pipeline (not read fr
 
 # --- Input safety -----------------------------------------------------------------------------
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # decoding cap: bigger pictures are almost surely mistakes (or bombs)
+DEFAULT_MAX_AUDIO_SECONDS = 7200.0  # 2 hours: longer audio is refused unless `duration` takes only its start
 
 # --- Post-processing (shared by the library and the ComfyUI PostProcess node) -------------------
 MAX_SYNC_SHIFT_MS = 1000.0  # largest lip-sync correction, either way
@@ -136,7 +137,9 @@ class SonicConfig:
     # Decoding and output
     decode_chunk_size: int = 8  # frames per VAE temporal-decoder call (seams every chunk)
     interpolate: bool = True  # RIFE 2x: 12.5 -> 25 fps
-    max_audio_seconds: float | None = None  # None: whole audio (official: silently 400 s)
+    # Longer audio is refused (its start can still be used with `duration`); None = no cap.
+    # The official code silently cuts at 400 s. Also `python -m sonic generate --max-audio-seconds`.
+    max_audio_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS
 
     def replace(self, **changes) -> "SonicConfig":
         """A copy with some fields changed (unknown names are an error)."""

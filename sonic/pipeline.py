@@ -152,9 +152,7 @@ class SonicPipeline:
         overrides = {k: v for k, v in dict(crop=crop, expand_ratio=expand_ratio, min_resolution=min_resolution).items()
                      if v is not None}
         cfg = base.replace(**overrides) if overrides else base.validate()
-        clip = load_audio(audio, duration=duration)
-        if cfg.max_audio_seconds is not None and clip.seconds > cfg.max_audio_seconds:
-            clip = clip.trimmed(cfg.max_audio_seconds)
+        clip = load_audio(audio, duration=duration, max_seconds=cfg.max_audio_seconds)
         timeline = Timeline.from_samples(len(clip.samples))
         portrait = prepare_portrait(image, detector=self.face_detector(), face_box=face_box, face_index=face_index,
                                     crop=cfg.crop, expand_ratio=cfg.expand_ratio, min_resolution=cfg.min_resolution,

@@ -55,7 +55,7 @@ def test_derived_defaults():
     config = SonicConfig()
     assert config.run_steps == 25  # all 25 steps from sigma_max (strength 1.0)
     # frame_num 10000 silently cut the official audio at 400 s; ours uses it all unless asked.
-    assert config.max_audio_seconds is None
+    assert config.max_audio_seconds == 7200.0  # 2 hours, refused beyond (issue 12)
     assert config.validate() is config
 
 

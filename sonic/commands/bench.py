@@ -34,6 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU when the GPU is not in the table")
     parser.add_argument("--keep-video", metavar="OUT.mp4", help="keep the last measured video")
+    parser.add_argument("--overwrite", action="store_true", help="let --keep-video replace an existing file")
     parser.add_argument("--flops-only", action="store_true",
                         help="only count the full-size UNet FLOPs per call at --resolution (meta device, no GPU)")
 

@@ -34,13 +34,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..media.probe import probe, read_video
-    from ..sync.measure import (
-        ANALYSIS_HEIGHT,
-        check_plot_path,
-        measure_sync,
-        plot_lag_curves,
-    )
+    from ..media.probe import VideoStream
+    from ..sync.measure import ANALYSIS_HEIGHT, check_plot_path, measure_sync_stream, plot_lag_curves
 
     mouth_box = None
     if args.mouth_box:
@@ -56,15 +51,17 @@ def run(args) -> int:
                              "leave it out to analyse the whole video")
     if args.plot:
         check_plot_path(args.plot)
-    frames, fps, audio, rate = read_video(args.video, max_height=ANALYSIS_HEIGHT, audio_sample_rate=16_000,
-                                          mono=True, max_seconds=max_seconds)
+    # Streamed: frames go one at a time into the per-frame signals (memory flat in the video length).
+    video = VideoStream(args.video, max_height=ANALYSIS_HEIGHT, max_seconds=max_seconds)
+    audio, rate = video.audio(16_000, mono=True)
     if audio is None:
         raise AudioError(f"{args.video!r} has no audio track; lip-sync needs the soundtrack")
-    # read_video may have scaled the frames down: boxes go in and out in the file's pixels
-    factor = frames.shape[1] / probe(args.video)["height"]
+    # the stream may scale the frames down: boxes go in and out in the file's pixels
+    factor = video.height / video.info["height"]
     if mouth_box is not None:
         mouth_box = [v * factor for v in mouth_box]
-    report = measure_sync(frames, fps, audio, rate, mouth_box=mouth_box)
+    report = measure_sync_stream(video.frames, video.expected_frames, (video.height, video.width), video.fps,
+                                 audio, rate, mouth_box=mouth_box)
     if args.plot:
         plot_lag_curves({Path(args.video).name: report}, args.plot)
     data = {"file": args.video, **report.to_dict(curves=args.curves)}

@@ -28,6 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-image-pixels", type=int,
                         help="refuse input pictures with more pixels than this (default 40000000 = 40 MP)")
     parser.add_argument("--duration", type=float, help="seconds of audio to use (default: all)")
+    parser.add_argument("--max-audio-seconds", type=float,
+                        help="refuse longer audio unless --duration takes its start (default 7200 = 2 hours)")
     parser.add_argument("--steps", type=int, help="denoising steps (default 25)")
     parser.add_argument("--seed", type=int, help="random seed (default 72589, the official one)")
     parser.add_argument("--dynamic-scale", type=float, help="motion and expression strength (default 1.0)")
@@ -54,7 +56,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..config import SonicConfig
     from ..inputs.audio import load_audio
-    from ..inputs.face_box import parse_face_box
+    from ..inputs.face_box import check_inside, parse_face_box
     from ..inputs.image import load_image
     from ..media.video import check_encoder_settings, check_output_path
     from ..weights import find_model_files
@@ -70,12 +72,16 @@ def run(args) -> int:
         crop=False if args.no_crop else None, expand_ratio=args.expand_ratio, min_resolution=args.min_resolution,
         inference_steps=args.steps, dynamic_scale=args.dynamic_scale, motion_scale=args.motion_scale,
         i2i_noise_strength=args.i2i_noise_strength, seed=args.seed, interpolate=not args.no_interpolate,
-        decode_chunk_size=args.decode_chunk_size, max_image_pixels=args.max_image_pixels).items() if v is not None})
+        decode_chunk_size=args.decode_chunk_size, max_image_pixels=args.max_image_pixels,
+        max_audio_seconds=args.max_audio_seconds).items() if v is not None})
+    check_face_choice(face_box, args.face_index)
+    # Which files are missing (only looked up, none is read: a new user hears first what to download).
     find_model_files(args.models, need_interpolation=config.interpolate, svd_checkpoint=args.svd_checkpoint,
                      need_face_detector=False)
-    audio = load_audio(args.audio, duration=args.duration)
+    audio = load_audio(args.audio, duration=args.duration, max_seconds=config.max_audio_seconds)
     check_sync_measurable(postprocess, audio.seconds)
     image = load_image(args.image, max_image_pixels=config.max_image_pixels, limit_name="--max-image-pixels")
+    check_inside(face_box, image.shape[1], image.shape[0])
 
     import torch
 
@@ -132,6 +138,18 @@ def sync_summary(entry: dict) -> str:
     if "note" in entry:
         return f"sync: {entry['note']}; {measured}"
     return f"sync: soundtrack shifted by {shift:+.0f} ms ({measured})"
+
+
+def check_face_choice(face_box, face_index) -> None:
+    """--face-index must be a face number, and not given together with --face-box."""
+    if face_index is None:
+        return
+    from ..errors import ParameterError
+
+    if face_box is not None:
+        raise ParameterError("give either --face-box or --face-index, not both")
+    if face_index < 0:
+        raise ParameterError(f"--face-index counts faces from the left starting at 0, got {face_index}")
 
 
 def postprocess_options(args):

@@ -5,6 +5,7 @@ Exit status 0 when every job succeeded, 1 otherwise (2 for a command that cannot
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..errors import ParameterError
@@ -24,7 +25,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="folder for the downloaded videos (created if missing)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a widget input on every node that has it (repeatable)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_JOB_TIMEOUT, help="seconds allowed per job")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_JOB_TIMEOUT,
+                        help="seconds allowed per job, uploads and downloads included (wall clock)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace videos already in --out (default: the next free name, e.g. NAME-2.mp4)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -40,6 +44,8 @@ def run(args) -> int:
         raise ParameterError("give --image and --audio for one job, or --jobs FILE for many")
     if not jobs:
         raise ParameterError(f"the jobs file {args.jobs} lists no jobs")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise ParameterError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     overrides = parse_set_options(args.set)
     client = ComfyClient(args.server)
     client.get_json("/system_stats")  # fail fast, before any upload, when the server is not there
@@ -48,7 +54,8 @@ def run(args) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    runner = JobRunner(client, prompt, ui_workflow, out_dir, job_timeout=args.timeout, progress=not args.quiet)
+    runner = JobRunner(client, prompt, ui_workflow, out_dir, job_timeout=args.timeout, progress=not args.quiet,
+                       overwrite=args.overwrite)
     results = []
     for number, job in enumerate(jobs, 1):
         result = runner.run(job)

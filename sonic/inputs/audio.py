@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import math
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +22,11 @@ from ..config import (BUCKET_WINDOW, BUCKET_WINDOW_PAD, SAMPLE_RATE, TOKEN_WINDO
                      WHISPER_CHUNK_SAMPLES, WHISPER_CHUNK_STEPS)
 from ..errors import AudioError
 from ..diffusion.timeline import MIN_AUDIO_SECONDS, Timeline, resolve_duration
+from .audio_files import (DEFAULT_MAX_AUDIO_SECONDS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_length_cap,  # noqa: F401
+                          check_rate, decode_file)
 
 SILENCE_PEAK = 1e-4  # a clip whose largest |sample| is below this is treated as silent
+ABSURD_PEAK = 64.0  # float audio is nominally within [-1, 1]; far beyond it is not sound but garbage
 TENSOR_SOURCE = "<tensor>"
 
 # Whisper log-mel settings (whisper-tiny preprocessor_config.json)
@@ -66,33 +68,39 @@ class AudioClip:
 # Loading
 # --------------------------------------------------------------------------------------------
 
-def load_audio(source, *, duration: float | None = None) -> AudioClip:
+def load_audio(source, *, duration: float | None = None,
+               max_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS) -> AudioClip:
     """Load audio as 16 kHz mono float32 and keep the original for muxing.
 
     `source` is a file path (str / Path; WAV, MP3, FLAC, OGG/Vorbis, Opus, M4A/AAC, ... at any
     rate and channel count), a `(waveform, sample_rate)` tuple (waveform np/torch [T] or [C, T]),
     a ComfyUI AUDIO dict `{"waveform": [B, C, T], "sample_rate": int}` (batch item 0 is used) or
     an `AudioClip`. `duration` (seconds; None or 0 = whole audio) trims the clip, see
-    `timeline.resolve_duration`. Raises `AudioError` for unusable audio (missing, undecodable,
-    empty, non-finite, silent, shorter than 0.2 s) and `ParameterError` for a bad `duration`.
+    `timeline.resolve_duration`; from a file only that much (plus a margin) is decoded.
+    `max_seconds` (None = no cap) refuses longer audio unless `duration` takes its start; a
+    file's header is checked before decoding. Raises `AudioError` for unusable audio (missing,
+    not a regular file, undecodable, truncated, implausible rate, too long, empty, non-finite
+    or absurd values, silent, shorter than 0.2 s) and `ParameterError` for a bad `duration`.
     """
     if isinstance(source, AudioClip):
         clip = source
     elif isinstance(source, (str, Path)):
-        original, rate = _decode_file(Path(source))
+        original, rate = decode_file(Path(source), duration=duration, max_seconds=max_seconds)
         clip = _clip_from_original(original, rate, Path(source).name)
     elif isinstance(source, dict):
         clip = _clip_from_comfy_audio(source)
     elif isinstance(source, (tuple, list)) and len(source) == 2:
         waveform, rate = source
         original = _as_channels_first(waveform, TENSOR_SOURCE)
-        clip = _clip_from_original(original, _check_rate(rate, TENSOR_SOURCE), TENSOR_SOURCE)
+        clip = _clip_from_original(original, check_rate(rate, TENSOR_SOURCE), TENSOR_SOURCE)
     else:
         raise AudioError(
             f"unsupported audio input of type {type(source).__name__}: pass a file path, a (waveform, sample_rate) "
             f"tuple, a ComfyUI AUDIO dict or an AudioClip")
 
     _check_length(clip)
+    if not duration:
+        check_length_cap(clip.seconds, max_seconds, clip.source)
     seconds = resolve_duration(clip.seconds, duration)
     if seconds < clip.seconds:
         clip = clip.trimmed(seconds)
@@ -111,22 +119,7 @@ def _clip_from_comfy_audio(audio: dict) -> AudioClip:
     if waveform.shape[0] == 0:
         raise AudioError("the AUDIO input holds an empty batch; connect an audio source that produced a clip")
     original = _as_channels_first(waveform[0], TENSOR_SOURCE)
-    return _clip_from_original(original, _check_rate(audio["sample_rate"], TENSOR_SOURCE), TENSOR_SOURCE)
-
-
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 768_000  # Hz: telephone-band speech up to studio rates
-
-
-def _check_rate(rate, source: str) -> int:
-    valid = (not isinstance(rate, bool) and isinstance(rate, (int, np.integer, float)) and math.isfinite(rate)
-             and rate > 0 and rate == int(rate))
-    if not valid:
-        raise AudioError(f"{source}: the sample rate must be a positive whole number of Hz, got {rate!r}")
-    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        # e.g. (waveform, 1) by mistake: it would make hours of video from a few samples.
-        raise AudioError(f"{source}: a sample rate of {int(rate)} Hz is not plausible for speech; give the real "
-                         f"rate ({MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz, e.g. 16000 or 44100)")
-    return int(rate)
+    return _clip_from_original(original, check_rate(audio["sample_rate"], TENSOR_SOURCE), TENSOR_SOURCE)
 
 
 def _as_channels_first(waveform, source: str) -> np.ndarray:
@@ -152,6 +145,10 @@ def _clip_from_original(original: np.ndarray, rate: int, source: str) -> AudioCl
         raise AudioError(f"audio '{source}' contains no samples; use a file that holds sound")
     if not np.isfinite(original).all():
         raise AudioError(f"audio '{source}' contains NaN or infinite sample values; re-export or re-encode it")
+    peak = float(np.max(np.abs(original)))
+    if peak > ABSURD_PEAK:
+        raise AudioError(f"audio '{source}' holds absurd sample values (peak {peak:.3g}, sound lies within -1..1); "
+                         f"the file is damaged or not audio: re-export it")
     return AudioClip(to_mono_16k(original, rate), original, rate, source)
 
 
@@ -187,73 +184,6 @@ def _check_not_silent(clip: AudioClip) -> None:
         raise AudioError(
             f"audio '{clip.source}' is silent (peak level {peak:.1e}); a talking head needs speech. "
             f"Check that the right file/track is used and that it is not muted.")
-
-
-# --------------------------------------------------------------------------------------------
-# Decoding files
-# --------------------------------------------------------------------------------------------
-
-def _decode_file(path: Path) -> tuple[np.ndarray, int]:
-    """float32 [C, T] and the native rate: libsndfile first, then the bundled ffmpeg."""
-    import soundfile
-
-    if not path.exists():
-        raise AudioError(f"audio file '{path}' does not exist; check the path and the file name")
-    if not path.is_file():
-        raise AudioError(f"audio path '{path}' is not a file (a folder?); pass the path of an audio file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"audio file '{path}' is empty (0 bytes); re-export or re-download it")
-    try:
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-        return np.ascontiguousarray(data.T), int(rate)
-    except (RuntimeError, soundfile.SoundFileError, TypeError, ValueError):
-        pass  # not a format libsndfile knows (M4A/AAC, video containers, ...): try ffmpeg
-    return _decode_with_ffmpeg(path)
-
-
-def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
-    """Decode the first audio stream with the bundled ffmpeg at its native rate and channel count.
-
-    ffmpeg writes 32-bit float PCM in a WAV stream to stdout; its header tells the rate and the
-    channel count, so no ffprobe is needed.
-    """
-    import imageio_ffmpeg
-
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
-               "-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1", "-c:a", "pcm_f32le", "-f", "wav", "-"]
-    try:
-        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, check=False)
-    except OSError as exc:
-        raise AudioError(f"could not run ffmpeg to decode audio file '{path}': {exc}") from exc
-    if result.returncode != 0 or len(result.stdout) < 12:
-        reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        reason = reason[-1] if reason else f"ffmpeg exit code {result.returncode}"
-        raise AudioError(
-            f"audio file '{path}' cannot be decoded (not an audio file, corrupt, or no audio track: {reason}); "
-            f"convert it to WAV, MP3 or FLAC and try again")
-    return _parse_float_wav(result.stdout, path)
-
-
-def _parse_float_wav(stream: bytes, path: Path) -> tuple[np.ndarray, int]:
-    """float32 [C, T] and rate from ffmpeg's piped float WAV (chunk sizes may be 0xFFFFFFFF)."""
-    if stream[:4] != b"RIFF" or stream[8:12] != b"WAVE":
-        raise AudioError(f"audio file '{path}' cannot be decoded: ffmpeg produced no WAV stream")
-    position, channels, rate = 12, None, None
-    while position + 8 <= len(stream):
-        chunk_id, size = stream[position:position + 4], int.from_bytes(stream[position + 4:position + 8], "little")
-        body = position + 8
-        if chunk_id == b"fmt ":
-            channels = int.from_bytes(stream[body + 2:body + 4], "little")
-            rate = int.from_bytes(stream[body + 4:body + 8], "little")
-        elif chunk_id == b"data":
-            if not channels or not rate:
-                break
-            usable = (len(stream) - body) // (4 * channels) * 4 * channels
-            samples = np.frombuffer(stream, dtype="<f4", count=usable // 4, offset=body)
-            # a copy: frombuffer over bytes is read-only, and torch warns about read-only arrays
-            return np.array(samples.reshape(-1, channels).T, dtype=np.float32, order="C"), rate
-        position = body + size + (size & 1)
-    raise AudioError(f"audio file '{path}' cannot be decoded: ffmpeg's output has no audio data")
 
 
 # --------------------------------------------------------------------------------------------

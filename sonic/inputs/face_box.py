@@ -40,3 +40,13 @@ def parse_face_box(face_box):
         raise ParameterError(f"face_box {face_box!r} is empty or negative: need 0 <= x1 < x2 and 0 <= y1 < y2 "
                              f"(x1,y1 = top-left corner, x2,y2 = bottom-right, in image pixels)")
     return values
+
+
+def check_inside(face_box, width: int, height: int) -> None:
+    """A parsed (x1, y1, x2, y2) box must lie inside a width x height picture (None and "full" always do)."""
+    if not isinstance(face_box, tuple):
+        return
+    x1, y1, x2, y2 = face_box
+    if not (x2 <= width and y2 <= height):
+        raise ParameterError(f"face_box {face_box} must lie inside the {width}x{height} picture "
+                             f"(0 <= x1 < x2 <= {width}, 0 <= y1 < y2 <= {height})")

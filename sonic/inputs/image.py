@@ -15,6 +15,8 @@ import torch
 
 from ..config import DEFAULT_MAX_IMAGE_PIXELS, SIZE_MULTIPLE
 from ..errors import ImageError, ParameterError
+from ..files import require_regular_file
+from .image_files import check_png_complete
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +79,11 @@ def _load_image_file(path: str, limit: _ImageLimit) -> np.ndarray:
     if os.path.isdir(path):
         raise ImageError(f"{path!r} is a folder, not an image file")
     what = f"image {path!r}"
+    require_regular_file(path, "image file", ImageError)  # a FIFO or device would block or never end
     header_size = _png_header_size(path)
     if header_size is not None:  # PNG: the size check needs no Pillow at all
         _check_size(*header_size, limit, what)
+        check_png_complete(path, what)  # Pillow fills missing rows with black
     try:
         # Our own pixel limit (checked from the header, below) replaces Pillow's bomb warning;
         # Pillow's bomb *error* (over 2 x Image.MAX_IMAGE_PIXELS) becomes the same size message.

@@ -9,14 +9,17 @@ ffmpeg binary bundled with `imageio-ffmpeg` (no ffprobe exists there, see DEPEND
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from ..errors import SonicError
+from .children import popen as popen_child, run as run_child
 
 # The comment tag `sonic.media.video.write_mp4` fills with a JSON object (see `read_sonic_tags`).
 SONIC_TAG_KEY = "comment"
@@ -36,10 +39,9 @@ def ffmpeg_exe() -> str:
 
 
 def _existing_file(path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise MediaReadError(f"video file not found: {str(path)!r}; check the path")
-    return path
+    from ..files import require_regular_file
+
+    return require_regular_file(path, "video file", MediaReadError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,8 +119,8 @@ _CHANNELS = {"mono": 1, "stereo": 2, "2.1": 3, "quad": 4, "5.0": 5, "5.1": 6, "6
 
 def _probe_ffmpeg(path: Path) -> dict:
     """The same facts from `ffmpeg -i` text plus a stream-copy pass (frames) and an audio decode."""
-    header = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True,
-                            errors="replace").stderr
+    header = run_child([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True,
+                       errors="replace").stderr
     if "Invalid data found" in header or "Stream #" not in header:
         raise MediaReadError(f"cannot read {str(path)!r} as a video: {tail_lines(header)}")
     info = _empty_info()
@@ -132,8 +134,8 @@ def _probe_ffmpeg(path: Path) -> dict:
         if fps:
             text = fps.group(1)
             info["fps"] = float(text[:-1]) * 1000 if text.endswith("k") else float(text)
-        counted = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0",
-                                  "-c", "copy", "-f", "null", "-"], capture_output=True, text=True, errors="replace")
+        counted = run_child([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0",
+                             "-c", "copy", "-f", "null", "-"], capture_output=True, text=True, errors="replace")
         counts = _FRAME_COUNT.findall(counted.stderr)
         info["frame_count"] = int(counts[-1]) if counts else None
         if info["frame_count"] is not None and info["fps"]:
@@ -211,35 +213,79 @@ def read_video(path, *, max_height: int | None = None, audio_sample_rate: int | 
 
     `max_height` (pixels) scales taller videos down on decode (area filter, even width), which
     bounds memory for long or large clips; `audio_sample_rate` resamples the audio and `mono`
-    mixes it down; `max_seconds` reads only the start of the file.
+    mixes it down; `max_seconds` reads only the start of the file. For long videos prefer
+    `VideoStream`, which never holds more than one frame.
     """
-    path = _existing_file(path)
-    info = probe(path)
-    if info["video_codec"] is None or not info["width"]:
-        raise MediaReadError(f"{str(path)!r} has no video stream")
-    width, height = info["width"], info["height"]
-    command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin"]
-    if max_seconds is not None:
-        command += ["-t", f"{max_seconds:.6f}"]
-    command += ["-i", str(path), "-map", "0:v:0"]
-    if max_height is not None and height > max_height:
-        width = max(2, round(width * max_height / height / 2) * 2)
-        height = max_height
-        command += ["-vf", f"scale={width}:{height}:flags=area"]
-    command += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-    result = subprocess.run(command, capture_output=True)
-    if result.returncode != 0:
-        raise MediaReadError(f"ffmpeg could not decode {str(path)!r}: {tail_lines(result.stderr.decode(errors='replace'))}")
-    frame_bytes = width * height * 3
-    count = len(result.stdout) // frame_bytes
-    frames = np.frombuffer(result.stdout, dtype=np.uint8, count=count * frame_bytes).reshape(count, height, width, 3)
-    fps = info["fps"] or 25.0
-    if info["audio_codec"] is None:
-        return frames, fps, None, None
-    rate = audio_sample_rate or info["sample_rate"]
-    channels = 1 if mono else (info["audio_channels"] or 1)
-    audio = _decode_audio(path, rate, channels, max_seconds=max_seconds)
-    return frames, fps, audio, rate
+    stream = VideoStream(path, max_height=max_height, max_seconds=max_seconds)
+    frames = list(stream.frames())
+    frames = np.stack(frames) if frames else np.zeros((0, stream.height, stream.width, 3), np.uint8)
+    audio, rate = stream.audio(audio_sample_rate, mono=mono)
+    return frames, stream.fps, audio, rate
+
+
+class VideoStream:
+    """A video file read frame by frame (memory flat in its length): `frames()` may be called
+    again for another pass; `audio()` decodes the soundtrack. Sizes are after the `max_height`
+    scaling (area filter, even width), in pixels."""
+
+    def __init__(self, path, *, max_height: int | None = None, max_seconds: float | None = None):
+        self.path = _existing_file(path)
+        self.info = probe(self.path)
+        if self.info["video_codec"] is None or not self.info["width"]:
+            raise MediaReadError(f"{str(self.path)!r} has no video stream")
+        self.max_seconds = max_seconds
+        self.width, self.height = self.info["width"], self.info["height"]
+        self.scaled = max_height is not None and self.height > max_height
+        if self.scaled:
+            self.width = max(2, round(self.width * max_height / self.height / 2) * 2)
+            self.height = max_height
+        self.fps = self.info["fps"] or 25.0
+        duration = self.info["video_duration"] or self.info["audio_duration"] or 0.0
+        count = self.info["frame_count"] or int(round(duration * self.fps))
+        if max_seconds is not None:
+            count = min(count, int(math.ceil(max_seconds * self.fps)))
+        self.expected_frames = count
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """uint8 RGB frames `[H, W, 3]`, one at a time, from a child ffmpeg (ended when the iteration ends)."""
+        import tempfile
+
+        command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin"]
+        if self.max_seconds is not None:
+            command += ["-t", f"{self.max_seconds:.6f}"]
+        command += ["-i", str(self.path), "-map", "0:v:0"]
+        if self.scaled:
+            command += ["-vf", f"scale={self.width}:{self.height}:flags=area"]
+        command += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+        frame_bytes = self.width * self.height * 3
+        with tempfile.TemporaryFile() as log:
+            process = popen_child(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+            read = 0
+            try:
+                while True:
+                    data = process.stdout.read(frame_bytes)
+                    if len(data) < frame_bytes:
+                        break
+                    read += 1
+                    yield np.frombuffer(data, np.uint8).reshape(self.height, self.width, 3)
+                code = process.wait()
+            finally:
+                if process.poll() is None:  # the caller stopped early, or an error: end ffmpeg now
+                    process.kill()
+                    process.wait()
+                process.stdout.close()
+            if code != 0 and read == 0:
+                log.seek(0)
+                raise MediaReadError(f"ffmpeg could not decode {str(self.path)!r}: "
+                                     f"{tail_lines(log.read().decode(errors='replace'))}")
+
+    def audio(self, sample_rate: int | None = None, *, mono: bool = False):
+        """(float32 `[C, S]`, rate) of the soundtrack (resampled to `sample_rate`), or (None, None)."""
+        if self.info["audio_codec"] is None:
+            return None, None
+        rate = sample_rate or self.info["sample_rate"]
+        channels = 1 if mono else (self.info["audio_channels"] or 1)
+        return _decode_audio(self.path, rate, channels, max_seconds=self.max_seconds), rate
 
 
 def _decode_audio(path: Path, sample_rate: int, channels: int, *, max_seconds: float | None = None) -> np.ndarray:
@@ -249,7 +295,7 @@ def _decode_audio(path: Path, sample_rate: int, channels: int, *, max_seconds: f
         command += ["-t", f"{max_seconds:.6f}"]
     command += ["-i", str(path), "-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le",
                 "-ar", str(int(sample_rate)), "-ac", str(int(channels)), "-"]
-    result = subprocess.run(command, capture_output=True)
+    result = run_child(command, capture_output=True)
     if result.returncode != 0:
         raise MediaReadError(f"ffmpeg could not decode the audio of {str(path)!r}: "
                              f"{tail_lines(result.stderr.decode(errors='replace'))}")

@@ -22,7 +22,6 @@ import json
 import os
 import subprocess
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -30,6 +29,8 @@ import numpy as np
 import torch
 
 from ..errors import OutputError, ParameterError
+from ..files import Scratch, check_output_name, publish
+from .children import popen, run as run_child
 from .probe import SONIC_TAG_KEY, tail_lines, ffmpeg_exe, fraction_fps, probe
 
 AI_NOTICE = "AI-generated video (synthetic talking head), made with Sonic for ComfyUI"
@@ -56,9 +57,11 @@ def write_mp4(path, frames, *, fps: float, audio: np.ndarray | None = None, samp
         not strings are stored as JSON.
     overwrite: replace an existing file; otherwise an existing `path` raises `OutputError`.
 
-    The file is written under a hidden temporary name in the same folder and renamed only when
-    ffmpeg succeeded and the result has the expected frame count, size and durations; on any
-    error or interruption no file is left at `path` and no temporary file remains.
+    The file is written in a per-run hidden scratch folder beside `path` (`sonic.files.Scratch`)
+    and published only when ffmpeg succeeded and the result has the expected frame count, size
+    and durations: hard-linked to `path`, which fails if `path` appeared meanwhile (another run),
+    unless `overwrite`. On any error or interruption no file is left at `path` and the scratch
+    folder is removed; one left by a killed run is removed by the next write into that folder.
     """
     path = check_output_path(path, overwrite)
     fps = _check_fps(fps)
@@ -71,27 +74,19 @@ def write_mp4(path, frames, *, fps: float, audio: np.ndarray | None = None, samp
     # standard ones (ComfyUI's prompt/workflow) and moves the standard ones with them: only when needed.
     movflags = "+faststart+use_metadata_tags" if extra else "+faststart"
 
-    token = uuid.uuid4().hex[:8]
-    video_tmp = path.with_name(f".{path.stem}.{token}.video.mp4")
-    final_tmp = path.with_name(f".{path.stem}.{token}.partial.mp4")
-    meta_tmp = path.with_name(f".{path.stem}.{token}.meta.txt")
-    temporaries = [video_tmp, final_tmp, meta_tmp]
-    try:
+    with Scratch(path.parent) as scratch:
+        video_tmp, final_tmp, meta_tmp = scratch.path("video.mp4"), scratch.path("final.mp4"), scratch.path("meta.txt")
         write_ffmetadata(meta_tmp, tags)
         target = video_tmp if audio is not None else final_tmp
         frame_count, width, height = _encode_video(target, _chunks(frames), fps=fps, crf=crf, preset=preset,
                                                    tags=meta_tmp if audio is None else None, movflags=movflags)
         if audio is not None:
-            wav_tmp = path.with_name(f".{path.stem}.{token}.audio.wav")
-            temporaries.append(wav_tmp)
+            wav_tmp = scratch.path("audio.wav")
             _write_wav(wav_tmp, fit_audio_length(audio, sample_rate, frame_count / fps), sample_rate)
             _mux(video_tmp, wav_tmp, final_tmp, meta_tmp, movflags)
         _verify(final_tmp, frame_count=frame_count, width=width, height=height, fps=fps,
                 has_audio=audio is not None)
-        os.replace(final_tmp, path)
-    finally:
-        for temporary in temporaries:
-            temporary.unlink(missing_ok=True)
+        publish(final_tmp, path, overwrite=overwrite)
     return path
 
 
@@ -175,7 +170,7 @@ def sha256_file(path, *, chunk_bytes: int = 1 << 20) -> str:
 
 def check_output_path(path, overwrite: bool = False) -> Path:
     """Refuse an output path that cannot be written, before any work (`OutputError`)."""
-    path = Path(path)
+    path = check_output_name(path)
     if path.suffix.lower() != ".mp4":
         raise OutputError(f"the output {str(path)!r} must end in .mp4 (an H.264 + AAC MP4 is written)")
     if path.exists() and not path.is_file():
@@ -281,7 +276,7 @@ def _encode_video(target: Path, chunks: Iterator[np.ndarray], *, fps: float, crf
                "-pix_fmt", "yuv420p", "-movflags", movflags, "-f", "mp4", str(target)]
     count = 0
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+        process = popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
         try:
             chunk = first
             while chunk is not None:
@@ -314,7 +309,12 @@ def _encode_video(target: Path, chunks: Iterator[np.ndarray], *, fps: float, crf
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     import soundfile
 
-    soundfile.write(str(path), np.ascontiguousarray(audio.T), int(sample_rate), subtype="FLOAT", format="WAV")
+    try:
+        soundfile.write(str(path), np.ascontiguousarray(audio.T), int(sample_rate), subtype="FLOAT", format="WAV")
+    except (RuntimeError, soundfile.SoundFileError) as exc:  # libsndfile's text for a full disk, quota, ...
+        raise OutputError(f"could not write the temporary soundtrack in {str(path.parent.parent.parent)!r} "
+                          f"({' '.join(str(exc).split())[:200]}); is the disk full? free some space or "
+                          f"write elsewhere") from None
 
 
 def _mux(video: Path, wav: Path, target: Path, tags: Path, movflags: str) -> None:
@@ -322,7 +322,7 @@ def _mux(video: Path, wav: Path, target: Path, tags: Path, movflags: str) -> Non
     command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
                "-i", str(video), "-i", str(wav), *_metadata_input(tags, 2), "-map", "0:v:0", "-map", "1:a:0",
                "-c:v", "copy", "-c:a", "aac", "-b:a", "160k", "-movflags", movflags, "-f", "mp4", str(target)]
-    result = subprocess.run(command, capture_output=True)
+    result = run_child(command, capture_output=True)
     if result.returncode != 0:
         raise OutputError(f"ffmpeg failed to add the audio (exit {result.returncode}): "
                           f"{tail_lines(result.stderr.decode(errors='replace'))}")

@@ -214,9 +214,7 @@ def run_benchmark(settings: BenchSettings, *, log=print) -> dict[str, Any]:
                     runs.append(run_once(pipe, settings, image, face_box, wave, settings.steps, video, device))
                     log(f"run {i + 1}/{settings.repeats}: {runs[-1]['total_seconds']:.2f} s")
             if settings.keep_video:
-                import shutil
-
-                shutil.copyfile(video, Path(settings.keep_video).expanduser())
+                keep_copy(video, Path(settings.keep_video).expanduser(), overwrite=settings.overwrite)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -347,3 +345,14 @@ def format_table(report: dict) -> str:
               f"   peak host memory: {fmt(report['peak_host_memory_gb'], '.2f', ' GB')}"
               f"   placement as documented: {report['placement_ok']}"]
     return "\n".join(lines)
+
+
+def keep_copy(video: Path, target: Path, *, overwrite: bool) -> Path:
+    """Copy the measured video to `target`, never replacing a file unless `overwrite`."""
+    import shutil
+
+    from ..files import Scratch, publish
+
+    with Scratch(target.parent) as scratch:
+        shutil.copyfile(video, scratch.path("kept.mp4"))
+        return publish(scratch.path("kept.mp4"), target, overwrite=overwrite)

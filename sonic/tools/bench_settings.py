@@ -63,6 +63,7 @@ class BenchSettings:
     threads: int | None = None  # torch CPU threads (None: torch's default)
     json_path: str | None = None
     keep_video: str | None = None  # keep the last measured MP4 here
+    overwrite: bool = False  # let keep_video replace an existing file
     flops_only: bool = False
     command: str = ""
 
@@ -107,4 +108,8 @@ class BenchSettings:
                  f"--decode-chunk-size must be between 1 and 1000, got {self.decode_chunk_size}")
         if self.models is not None:
             need(Path(self.models).expanduser().is_dir(), f"--models {self.models} is not a folder")
+        if self.keep_video:
+            from ..media.video import check_output_path
+
+            check_output_path(Path(self.keep_video).expanduser(), self.overwrite)  # before the benchmark runs
         return self

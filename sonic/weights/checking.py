@@ -165,9 +165,25 @@ def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
     """
     expected = shapes_of(module.state_dict())
     check_state_dict(state_dict, expected, path=path, what=what, hints=hints)
+    floating = {k for k, v in module.state_dict().items() if v.is_floating_point()}
+    check_tensor_values({k: v for k, v in state_dict.items() if k in floating}, path=path, what=what)
     on_meta = any(t.is_meta for t in module.state_dict().values())
     if on_meta:
         state_dict = {k: v if v.data_ptr() % 64 == 0 else v.clone() for k, v in state_dict.items()}
     module.load_state_dict(dict(state_dict), strict=True, assign=on_meta)
     return module
 
+
+
+def check_tensor_values(state_dict: Mapping[str, torch.Tensor], *, path, what: str) -> None:
+    """Weights are floating-point numbers, all finite: an int8/bool tensor or a NaN would fail
+    deep inside the model (or after the whole sampling) with a message about something else."""
+    for key, tensor in state_dict.items():
+        if not tensor.is_floating_point():
+            raise WeightsError(f"{what} file {path} holds {key} as {str(tensor.dtype).replace('torch.', '')}, "
+                               f"not floating-point weights (a quantised or damaged file?); use the released "
+                               f"fp32/fp16/bf16 file")
+    for key, tensor in state_dict.items():
+        if tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(f"{what} file {path} holds NaN or infinite values in {key}; the file is damaged "
+                               f"(or a diverged training run): download it again")

@@ -15,7 +15,6 @@ Memory: the source is memory-mapped and the twin is hashed one tensor at a time,
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
@@ -92,21 +91,29 @@ def convert_file(source, twin=None, *, what: str, trust_pickle: bool = False, ro
             raise WeightsError(f"{twin} exists but does not hold the same tensors as {source} "
                                f"({_difference(expected, got)}); delete {twin.name} and run convert again")
         return twin
-    partial = twin.with_name(f".{twin.name}.partial")
-    try:
-        from safetensors.torch import save_file
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
 
-        save_file(_savable(state), str(partial),
-                  metadata={"format": "pt", "converted_by": CONVERTER_TAG, "source": source.name})
+    from ..files import Scratch, publish
+
+    with Scratch(twin.parent) as scratch:  # removed on every exit; a killed run's is swept by the next
+        partial = scratch.path("twin.safetensors")
+        try:
+            save_file(_savable(state), str(partial),
+                      metadata={"format": "pt", "converted_by": CONVERTER_TAG, "source": source.name})
+        except (OSError, SafetensorError) as exc:  # a full disk, a quota: the library's own text says which
+            raise WeightsError(f"could not write {twin} ({' '.join(str(exc).split())[:160]}); is the disk full? "
+                               f"free some space and run convert again") from None
         del state
         got = safetensors_digests(partial)
         if got != expected:
             raise WeightsError(f"writing {twin} failed verification ({_difference(expected, got)}); "
                                f"check the disk and run convert again")
-        os.replace(partial, twin)
-    finally:
-        if partial.exists():
-            partial.unlink()
+        try:
+            publish(partial, twin, overwrite=False, error=WeightsError)
+        except WeightsError:  # another convert published it meanwhile: fine when it holds the same tensors
+            if safetensors_digests(twin) != expected:
+                raise
     return twin
 
 

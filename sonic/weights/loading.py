@@ -20,11 +20,35 @@ from . import BUILTIN_SVD_CONFIGS, HINTS, ModelFiles, find_model_files, load_str
 
 
 def read_json(path: Path, what: str) -> dict:
+    from ..files import require_regular_file
+
+    require_regular_file(path, f"{what} config", WeightsError)
     try:
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+            config = json.load(fh)
     except (OSError, ValueError) as exc:
         raise WeightsError(f"{what} config {path} cannot be read ({exc}); download it again") from None
+    if not isinstance(config, dict):
+        raise WeightsError(f"{what} config {path} holds a JSON {type(config).__name__}, not an object of settings; "
+                           f"download it again")
+    return config
+
+
+@contextlib.contextmanager
+def config_shape(path: Path, what: str):
+    """A config with missing, mistyped or absurd values fails inside the model builder (KeyError,
+    ZeroDivisionError, ...): name the file instead."""
+    try:
+        yield
+    except WeightsError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError, IndexError, OverflowError,
+            RuntimeError) as exc:
+        if type(exc).__name__ == "OutOfMemoryError":
+            raise
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:160]
+        raise WeightsError(f"{what} config {path} does not describe a usable model ({detail}); "
+                           f"download the config again") from None
 
 
 @contextlib.contextmanager
@@ -74,10 +98,20 @@ def load_models(models_dir, *, svd_checkpoint=None, need_face_detector: bool = F
         whisper=whisper,
         audio2token=load_audio2token(files),
         audio2bucket=load_audio2bucket(files, whisper_width),
-        scheduler_config=read_json(files.scheduler_config, "scheduler"),
+        scheduler_config=read_scheduler_config(files.scheduler_config),
         rife=load_rife(files) if files.rife is not None else None,
         face_detector=load_yoloface(files) if load_face_detector and files.face_detector is not None else None,
     )
+
+
+def read_scheduler_config(path: Path) -> dict:
+    """The scheduler config, checked now (not at the first sampling step)."""
+    from ..diffusion.schedule import KarrasSchedule
+
+    config = read_json(path, "scheduler")
+    with config_shape(path, "scheduler"):
+        KarrasSchedule.from_config(config)
+    return config
 
 
 def load_unet(files: ModelFiles):
@@ -85,7 +119,7 @@ def load_unet(files: ModelFiles):
 
     config = read_json(files.unet_config, "UNet")
     state = read_state_dict(files.unet, what="unet")
-    with torch.device("meta"):
+    with torch.device("meta"), config_shape(files.unet_config, "UNet"):
         unet = build_sonic_unet(config)
     return load_strict(unet, state, path=files.unet, what="Sonic UNet", hints=HINTS["unet"]).float()
 
@@ -115,10 +149,12 @@ def load_whisper(files: ModelFiles):
 
     config = read_json(files.whisper_config, "Whisper")
     state = encoder_state_dict(read_state_dict(files.whisper_weights, what="whisper"))
-    encoder = build_whisper_encoder(config, device="meta")
+    with config_shape(files.whisper_config, "Whisper"):
+        encoder = build_whisper_encoder(config, device="meta")
+        width = int(config["d_model"])
     encoder = load_strict(encoder, state, path=files.whisper_weights, what="Whisper encoder",
                           hints=HINTS["whisper"]).float()
-    return encoder, int(config["d_model"])
+    return encoder, width
 
 
 def load_svd_parts(files: ModelFiles):
@@ -135,8 +171,10 @@ def load_svd_parts(files: ModelFiles):
         clip_state = read_state_dict(files.image_encoder_weights, what="image_encoder")
         vae_path, clip_path = files.vae_weights, files.image_encoder_weights
     with parameters_on_meta():
-        vae = build_vae(vae_config)
-        image_encoder = build_clip_image_encoder(clip_config)
+        with config_shape(files.vae_config, "VAE"):
+            vae = build_vae(vae_config)
+        with config_shape(files.image_encoder_config, "CLIP image encoder"):
+            image_encoder = build_clip_image_encoder(clip_config)
     vae = load_strict(vae, vae_state, path=vae_path, what="SVD VAE", hints=HINTS["vae"]).float()
     image_encoder = load_strict(image_encoder, clip_state, path=clip_path, what="CLIP image encoder",
                                 hints=HINTS["image_encoder"]).float()
@@ -155,6 +193,9 @@ def _read_svd_single_file(files: ModelFiles, vae_reference: dict, clip_reference
     from .svd_single_file import split_svd_single_file
     from .svd_single_file_config import single_file_configs
 
+    from .reading import check_safetensors_header
+
+    check_safetensors_header(files.svd_checkpoint, "SVD single-file checkpoint")
     try:
         handle = safe_open(str(files.svd_checkpoint), framework="pt")
     except Exception as exc:  # safetensors raises its own error types for damaged headers
@@ -177,7 +218,11 @@ def _is_builtin(config_path: Path) -> bool:
 def load_rife(files: ModelFiles):
     from ..models.rife import build_rife
 
-    return build_rife(read_state_dict(files.rife, what="rife"))
+    from .checking import check_tensor_values
+
+    state = read_state_dict(files.rife, what="rife")
+    check_tensor_values(state, path=files.rife, what="RIFE flownet")
+    return build_rife(state)
 
 
 def load_yoloface(files: ModelFiles):

@@ -59,9 +59,12 @@ def _damaged(path: Path, what: str, detail: str) -> WeightsError:
 
 def check_is_file(path, what: str) -> Path:
     """The path as a `Path`, or a `WeightsError` if it is missing, a folder or empty."""
+    from ..files import refuse_special_file
+
     path = Path(path).expanduser()
     if not path.exists():
         raise WeightsError(f"{what} file {path} does not exist")
+    refuse_special_file(path, f"{what} file", WeightsError)  # a FIFO would block the reader forever
     if path.is_dir():
         raise WeightsError(f"{what} path {path} is a folder, but a weights file was expected there "
                            f"(check the download: the file itself belongs at this path)")
@@ -92,10 +95,42 @@ def read_safetensors_metadata(path) -> dict[str, str]:
         return dict(handle.metadata() or {})
 
 
+MAX_HEADER_BYTES = 32 * 1024 * 1024  # the SVD-xt single file's header is about 0.2 MB
+MAX_ENTRIES = 100_000  # tensors in one file (SVD-xt single file: about 2,500)
+
+
+def check_safetensors_header(path: Path, what: str) -> None:
+    """Refuse, quickly and with little memory, a safetensors header that is absurd: longer than
+    the file or than any real one, or listing more tensors than any real model has."""
+    import json
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise _damaged(path, what, "shorter than a safetensors header")
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            raise _damaged(path, what, f"its header claims {length:,} bytes, more than the file holds")
+        if length > MAX_HEADER_BYTES:
+            raise _damaged(path, what, f"its header claims {length:,} bytes, far more than any model's")
+        text = handle.read(length)
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError):
+        raise _damaged(path, what, "its header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise _damaged(path, what, "its header is not a JSON object")
+    if len(header) > MAX_ENTRIES:
+        raise _damaged(path, what, f"its header lists {len(header):,} tensors, more than any model has")
+
+
 def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    check_safetensors_header(path, what)
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:

@@ -116,7 +116,7 @@ def test_missing_files_are_all_listed_in_one_error(zoos, tmp_path):
         find_model_files(broken)
     message = str(info.value)
     for target in ("Sonic/audio2bucket.pth", "RIFE/flownet.pkl", "whisper-tiny/config.json",
-                   "whisper-tiny/model.safetensors", "image_encoder/config.json", "image_encoder/model.safetensors"):
+                   "whisper-tiny/model.safetensors", "image_encoder/config.json", "image_encoder/model.fp16.safetensors"):
         assert str(broken / target) in message or target in message, target
     assert "LeonJoe13/Sonic" in message and "openai/whisper-tiny" in message
     assert "stabilityai/stable-video-diffusion-img2vid-xt" in message
@@ -137,7 +137,7 @@ def test_empty_comfyui_models_folder_lists_every_file_at_its_comfyui_path(tmp_pa
     sonic = models / "sonic"
     for target in (sonic / "unet.pth", sonic / "audio2token.pth", sonic / "audio2bucket.pth",
                    sonic / "RIFE" / "flownet.pkl", sonic / "yoloface_v5m.pt", sonic / "whisper-tiny" / "config.json",
-                   sonic / "stable-video-diffusion-img2vid-xt" / "vae" / "diffusion_pytorch_model.safetensors"):
+                   sonic / "stable-video-diffusion-img2vid-xt" / "vae" / "diffusion_pytorch_model.fp16.safetensors"):
         assert str(target) in message, target
     assert "svd_xt.safetensors" in message and str(models / "checkpoints") in message
     with pytest.raises(WeightsError, match="does not exist"):

@@ -54,7 +54,6 @@ def build_tiny_hub(dest) -> Path:
     return dest
 
 
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

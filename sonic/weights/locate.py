@@ -238,7 +238,8 @@ def find_model_files(models_dir, *, need_face_detector: bool = True, need_interp
              what: str | None = None) -> Path | None:
         if path is None:
             entry = FILES[key]
-            missing.append(_Missing(what or entry.what,
+            others = [n.rsplit("/", 1)[-1] for n in entry.names[1:]]
+            missing.append(_Missing(what or entry.what + (f" (or {', '.join(others)})" if others else ""),
                                     target_path or target / entry.source.local_path(entry.names[0], layout),
                                     source or f"{entry.source.url} (file {entry.names[0]})"))
         return path

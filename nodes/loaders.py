@@ -87,10 +87,16 @@ class SonicModelLoader:
                 "default": AUTO, "advanced": True,
                 "tooltip": "auto: yoloface_v5m.pt when it is in models/sonic, else OpenCV's built-in detector. "
                            "yoloface: require the release detector. opencv: never load yoloface."}),
+        }, "optional": {
+            "devices": ("STRING", {
+                "default": "", "advanced": True,
+                "tooltip": "Several GPUs for one clip, e.g. cuda:0,cuda:1 or all: the windows of every denoising step "
+                           "are spread over them (one UNet copy each) and the result is the same as on one GPU. "
+                           "Empty: ComfyUI's device."}),
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, svd_model, dtype, memory_policy, face_detector):
+    def VALIDATE_INPUTS(cls, svd_model, dtype, memory_policy, face_detector, devices=""):
         if svd_model != AUTO and folder_paths.get_full_path("checkpoints", svd_model) is None:
             return f"svd_model {svd_model!r} is not in models/checkpoints; choose 'auto' or refresh the list"
         if dtype not in DTYPES:
@@ -101,9 +107,17 @@ class SonicModelLoader:
             return f"face_detector must be auto, yoloface or opencv, got {face_detector!r}"
         if dtype == "fp16" and model_management().get_torch_device().type == "cpu":
             return "dtype fp16 is extremely slow on the CPU and not supported; choose auto, fp32 or bf16"
+        if (devices or "").strip():
+            from sonic.diffusion.executors import parse_devices
+            from sonic.errors import ParameterError
+
+            try:
+                parse_devices(devices)
+            except ParameterError as exc:
+                return f"devices: {exc}"
         return True
 
-    def load(self, svd_model, dtype, memory_policy, face_detector):
+    def load(self, svd_model, dtype, memory_policy, face_detector, devices=""):
         from sonic.errors import WeightsError
         from sonic.weights.locate import find_model_files
 
@@ -119,8 +133,14 @@ class SonicModelLoader:
         # load when a node first needs them, after Sonic Prepare has checked its cheap inputs.
         find_model_files(models_dir, need_face_detector=use_yolo, need_interpolation=True, svd_checkpoint=svd)
         device = model_management().get_torch_device()
+        device_list = None
+        if (devices or "").strip():
+            from sonic.diffusion.executors import parse_devices
+
+            device_list = parse_devices(devices)
+            device = device_list[0]  # the main device: conditioning, fusion and the other stages run there
         return (LazySonicPipeline(models_dir, device=device, dtype=dtype, memory_policy=memory_policy,
-                                  svd_checkpoint=svd, face_detector=use_yolo),)
+                                  svd_checkpoint=svd, face_detector=use_yolo, devices=device_list),)
 
 
 class LazySonicPipeline:
@@ -132,8 +152,9 @@ class LazySonicPipeline:
     """
 
     def __init__(self, models_dir: Path, *, device, dtype: str, memory_policy: str, svd_checkpoint,
-                 face_detector: bool):
+                 face_detector: bool, devices=None):
         self.models_dir = models_dir
+        self.devices = devices
         self.device = device
         self.dtype = dtype
         self.memory_policy = memory_policy
@@ -160,7 +181,8 @@ class LazySonicPipeline:
         with comfy_errors(None, knobs="set memory_policy to 'offload' or 'lowvram', or dtype to fp16/bf16"):
             return SonicPipeline.from_pretrained(self.models_dir, device=self.device, dtype=self.dtype,
                                                  memory_policy=self.memory_policy, svd_checkpoint=self.svd_checkpoint,
-                                                 face_detector=self.use_face_detector, interpolation=True)
+                                                 face_detector=self.use_face_detector, interpolation=True,
+                                                 devices=self.devices if self.devices and len(self.devices) > 1 else None)
 
     def __getattr__(self, name: str):
         # Only called for names not set in __init__: the pipeline's stages (prepare, encode, ...).

@@ -45,6 +45,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VAE_SCALING_FACTOR = 0.18215  # hard-coded in the official pipeline (not read from the VAE config)
 
 # --- Input safety -----------------------------------------------------------------------------
+SAMPLERS = ("euler", "dpmpp_2m")  # integrators; Euler is the official one
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # decoding cap: bigger pictures are almost surely mistakes (or bombs)
 
 # --- Post-processing (shared by the library and the ComfyUI PostProcess node) -------------------
@@ -87,6 +88,7 @@ class SonicConfig:
     window_overlap: int = 0  # frames shared by consecutive windows
     shift_offset: int = 7  # the window grid moves this many frames earlier every step
     seed: int = 72589  # official default seed; 0 is a valid seed
+    sampler: str = "euler"  # integrator: "euler" (official) or "dpmpp_2m" (DPM-Solver++(2M), opt-in)
 
     # Decoding and output
     decode_chunk_size: int = 8  # frames per VAE temporal-decoder call (seams every chunk)
@@ -148,6 +150,7 @@ class SonicConfig:
              f"window_overlap must be >= 0 and smaller than frames_per_window ({self.frames_per_window}), got {self.window_overlap}")
         need(self.shift_offset >= 0, f"shift_offset must be >= 0, got {self.shift_offset}")
         need(isinstance(self.seed, int) and 0 <= self.seed < 2**63, f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        need(self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         need(1 <= self.decode_chunk_size <= 1000, f"decode_chunk_size must be between 1 and 1000, got {self.decode_chunk_size}")
         need(self.max_audio_seconds is None or (isinstance(self.max_audio_seconds, (int, float))
                                                 and math.isfinite(self.max_audio_seconds) and self.max_audio_seconds > 0),

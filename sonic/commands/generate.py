@@ -33,6 +33,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode call (default 8)")
     parser.add_argument("--no-interpolate", action="store_true", help="skip RIFE: 12.5 fps output")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
+    parser.add_argument("--devices", help="spread the windows of every step over several devices, e.g. cuda:0,cuda:1 "
+                        "or 'all' (same result as one device; under torchrun each process takes its own)")
+    parser.add_argument("--sampler", choices=["euler", "dpmpp_2m"],
+                        help="integrator: euler (default, the official one) or dpmpp_2m (DPM-Solver++(2M), opt-in)")
     parser.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
     parser.add_argument("--memory-policy", default="keep", choices=["keep", "offload", "lowvram"],
                         help="keep models on the GPU, offload between stages, or low-VRAM")
@@ -65,7 +69,8 @@ def run(args) -> int:
         crop=False if args.no_crop else None, expand_ratio=args.expand_ratio, min_resolution=args.min_resolution,
         inference_steps=args.steps, dynamic_scale=args.dynamic_scale, motion_scale=args.motion_scale,
         i2i_noise_strength=args.i2i_noise_strength, seed=args.seed, interpolate=not args.no_interpolate,
-        decode_chunk_size=args.decode_chunk_size, max_image_pixels=args.max_image_pixels).items() if v is not None})
+        decode_chunk_size=args.decode_chunk_size, max_image_pixels=args.max_image_pixels,
+        sampler=args.sampler).items() if v is not None})
     find_model_files(args.models, need_interpolation=config.interpolate, svd_checkpoint=args.svd_checkpoint,
                      need_face_detector=False)
     audio = load_audio(args.audio, duration=args.duration)
@@ -74,12 +79,16 @@ def run(args) -> int:
 
     import torch
 
+    from ..diffusion.executors import executor_for
     from ..pipeline import SonicPipeline
     from ..media.video import write_mp4
 
     started = time.perf_counter()
+    executor = executor_for(args.devices, args.device)  # torchrun's ranks, threads over --devices, or one device
+    if not executor.is_main:  # another rank of a torchrun job: compute its share, rank 0 writes and reports
+        return run_helper_rank(args, executor, config, image, audio, face_box, postprocess)
     progress = StageProgress(enabled=not args.quiet)
-    pipe = SonicPipeline.from_pretrained(args.models, device=args.device, dtype=args.dtype,
+    pipe = SonicPipeline.from_pretrained(args.models, devices=executor, dtype=args.dtype,
                                          memory_policy=args.memory_policy, svd_checkpoint=args.svd_checkpoint,
                                          face_detector="auto" if face_box is None else False,
                                          interpolation=config.interpolate, config=config)
@@ -104,9 +113,39 @@ def run(args) -> int:
         height, width = out.frames.shape[1:3]
     print(f"wrote {out_path}: {num_frames} frames at {out.fps:g} fps = {num_frames / out.fps:.2f} s of video, "
           f"{width}x{height} px, in {seconds:.1f} s ({peak})")
+    if executor.num_workers > 1:
+        print(f"spread: {windows_summary(executor, out.timeline.generated_frames, out.config)}")
     for line in postprocess_summary(out.report.get("postprocess") or {}):
         print(line)
+    executor.close()
     return 0
+
+
+def run_helper_rank(args, executor, config, image, audio, face_box, postprocess) -> int:
+    """A rank other than 0 runs the same job (its share of every collective stage) and writes nothing."""
+    from ..pipeline import SonicPipeline
+
+    pipe = SonicPipeline.from_pretrained(args.models, devices=executor, dtype=args.dtype,
+                                         memory_policy=args.memory_policy, svd_checkpoint=args.svd_checkpoint,
+                                         face_detector="auto" if face_box is None else False,
+                                         interpolation=config.interpolate, config=config)
+    settings = dict(face_box=face_box, face_index=args.face_index)
+    out = pipe(image, audio, postprocess=postprocess, **settings) if postprocess else pipe.stream(image, audio, **settings)
+    for _ in out.frames:  # the decode chunks are spread over the ranks: take part, drop the pixels
+        pass
+    executor.close()
+    return 0
+
+
+def windows_summary(executor, num_frames: int, config) -> str:
+    """`5 windows/step over 2 devices: 3+2` for the clip just made."""
+    from ..diffusion.executors import spread_summary
+    from ..diffusion.windows import work_units
+
+    windows = -(-num_frames // (config.frames_per_window - config.window_overlap))
+    units = work_units(windows, executor.num_workers)
+    name = "windows" if units[0][1] is None else f"(window, branch) units of {windows} window(s)"
+    return spread_summary(executor, len(units), name)
 
 
 def postprocess_summary(report: dict) -> list[str]:

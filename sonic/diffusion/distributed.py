@@ -110,14 +110,14 @@ class DistributedExecutor:
         return buffer.to(device=tensor.device, dtype=dtype)
 
     def map(self, compute: Compute, units: Sequence, *, on_result: Optional[Callable[[int], None]] = None,
-            to=None) -> list[torch.Tensor]:
+            to=None, tally: bool = True) -> list[torch.Tensor]:
         mine = list(range(self.rank, len(units), self.num_workers))
         local: list[torch.Tensor] = []
         status, message = STATUS_OK, ""
         try:
             for index in mine:
                 local.append(compute(0, units[index]).to(self.main_device))
-                self.unit_counts[self.rank] += 1
+                self.unit_counts[self.rank] += tally
                 if on_result is not None:
                     on_result(index)
         except (Interrupted, KeyboardInterrupt) as exc:

@@ -46,11 +46,11 @@ class SerialExecutor:
         return tensor
 
     def map(self, compute: Compute, units: Sequence, *, on_result: Optional[Callable[[int], None]] = None,
-            to=None) -> list[torch.Tensor]:
+            to=None, tally: bool = True) -> list[torch.Tensor]:
         results = []
         for index, unit in enumerate(units):
             results.append(compute(0, unit).to(to or self.main_device))
-            self.unit_counts[0] += 1
+            self.unit_counts[0] += tally
             if on_result is not None:
                 on_result(index)  # an exception here (cancel) stops before the next unit
         return results
@@ -90,7 +90,7 @@ class ThreadExecutor(SerialExecutor):
         return replicas
 
     def map(self, compute: Compute, units: Sequence, *, on_result: Optional[Callable[[int], None]] = None,
-            to=None) -> list[torch.Tensor]:
+            to=None, tally: bool = True) -> list[torch.Tensor]:
         target = to or self.main_device
         todo: queue.Queue = queue.Queue()
         for item in enumerate(units):
@@ -124,7 +124,7 @@ class ThreadExecutor(SerialExecutor):
                 if error is not None:
                     raise error
                 results[index] = result
-                self.unit_counts[worker] += 1
+                self.unit_counts[worker] += tally
                 if on_result is not None:
                     on_result(index)
         finally:
@@ -184,18 +184,25 @@ def parse_devices(text: str | Sequence | None) -> list[torch.device] | None:
     return devices
 
 
-def make_executor(devices=None, *, device="cpu"):
-    """The executor for a run: torchrun's when launched by it, threads for several devices, else serial."""
+def executor_for(devices=None, device=None):
+    """The executor of a pipeline: `devices` itself when it is one; torchrun's when launched by it;
+    threads for a list of several devices; else serial on `device` (None: the best available)."""
     from .distributed import launched_by_torchrun
 
+    if hasattr(devices, "map") and hasattr(devices, "local_devices"):
+        return devices
     if launched_by_torchrun():
         from .distributed import DistributedExecutor
 
         return DistributedExecutor.from_environment()
     devices = parse_devices(devices)
-    if devices is None or len(devices) == 1:
-        return SerialExecutor(devices[0] if devices else device)
-    return ThreadExecutor(devices)
+    if devices is not None and len(devices) > 1:
+        return ThreadExecutor(devices)
+    if devices:
+        return SerialExecutor(devices[0])
+    from ..devices import resolve_device
+
+    return SerialExecutor(resolve_device(device))
 
 
 def spread_summary(executor, units_per_step: int, unit_name: str = "windows") -> str:

@@ -15,9 +15,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ..config import SAMPLERS
 from ..errors import ParameterError
-
-SAMPLERS = ("euler", "dpmpp_2m")
 
 
 def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:

@@ -107,6 +107,11 @@ def sample_latents(unet: Callable[..., torch.Tensor] | Sequence[Callable[..., to
     if len(unets) != len(executor.local_devices):
         raise ParameterError(f"{len(unets)} UNet(s) given for {len(executor.local_devices)} device(s)")
     main = executor.main_device
+    # Every rank samples from rank 0's conditioning and noise (a no-op in one process).
+    share = executor.broadcast
+    ref_latent, image_latent, clip_embeds, noise = map(share, (ref_latent, image_latent, clip_embeds, noise))
+    audio_tokens, null_tokens, buckets = map(share, (audio_tokens, null_tokens, buckets))
+    face_mask = None if face_mask is None else share(face_mask)
     inputs = SonicInputs(image_latent=image_latent, clip_embeds=clip_embeds, audio_tokens=audio_tokens,
                          null_tokens=null_tokens, buckets=buckets, face_mask=face_mask)
     with torch.no_grad():

@@ -38,7 +38,7 @@ log = logging.getLogger("sonic")
 MEMORY_POLICIES = ("keep", "offload", "lowvram")
 # Advanced sampling settings `sample()` accepts besides steps, strength, seed and noise.
 SAMPLE_SETTINGS = frozenset({"min_appearance_guidance", "max_appearance_guidance", "audio_guidance", "frames_per_window",
-                             "window_overlap", "shift_offset", "ip_audio_scale", "fps"})
+                             "window_overlap", "shift_offset", "ip_audio_scale", "fps", "sampler"})
 
 
 @dataclass(frozen=True)

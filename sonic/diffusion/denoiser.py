@@ -38,7 +38,8 @@ class SamplerProgress:
     """What `callback` receives after every work unit (indices 0-based, `call` counts units done, 1-based).
 
     A unit is one window's batched 3-branch UNet call, or one branch of a window when branches are split
-    (then `window` counts units of the step and `num_windows` is the number of units per step)."""
+    (then `window` counts units of the step and `num_windows` is the number of units per step). Under
+    torch.distributed a rank reports its own units: `total_calls` counts those."""
 
     step: int
     num_steps: int
@@ -216,4 +217,4 @@ class SonicDenoiser:
         if self.on_unit is not None:
             self.on_unit(SamplerProgress(step=step, num_steps=self.num_steps, window=unit,
                                          num_windows=len(self.units), call=self.calls,
-                                         total_calls=self.num_steps * len(self.units)))
+                                         total_calls=self.num_steps * self.executor.local_share(len(self.units))))

@@ -109,6 +109,9 @@ class DistributedExecutor:
         self._collective(lambda: self.dist.broadcast(buffer, src=0), "sharing the conditioning")
         return buffer.to(device=tensor.device, dtype=dtype)
 
+    def local_share(self, num_units: int) -> int:
+        return len(range(self.rank, num_units, self.num_workers))
+
     def map(self, compute: Compute, units: Sequence, *, on_result: Optional[Callable[[int], None]] = None,
             to=None, tally: bool = True) -> list[torch.Tensor]:
         mine = list(range(self.rank, len(units), self.num_workers))

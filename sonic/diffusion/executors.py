@@ -45,6 +45,10 @@ class SerialExecutor:
     def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
+    def local_share(self, num_units: int) -> int:
+        """How many of `num_units` units this process computes (and reports progress for)."""
+        return num_units
+
     def map(self, compute: Compute, units: Sequence, *, on_result: Optional[Callable[[int], None]] = None,
             to=None, tally: bool = True) -> list[torch.Tensor]:
         results = []

@@ -64,6 +64,10 @@ def run(args) -> int:
     out_path = check_output_path(args.out, args.overwrite)
     check_encoder_settings(args.crf, args.preset)
     face_box = parse_face_box(args.face_box) if args.face_box else None
+    if args.devices:
+        from ..diffusion.executors import parse_devices
+
+        parse_devices(args.devices)  # a device that does not exist is named before anything loads
     postprocess = postprocess_options(args)
     config = SonicConfig().replace(**{k: v for k, v in dict(
         crop=False if args.no_crop else None, expand_ratio=args.expand_ratio, min_resolution=args.min_resolution,

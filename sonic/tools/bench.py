@@ -372,10 +372,6 @@ def format_table(report: dict) -> str:
              f"{'stage':<16}{'seconds':>10}{'share':>9}"]
     for name, stage in report["stages"].items():
         lines.append(f"{name:<16}{stage['seconds']:>10.3f}{100 * stage['share']:>8.1f}%")
-    if report.get("spread"):
-        from .bench_spread import format_spread
-
-        lines.append(format_spread(report["spread"]))
     lines.append(f"{'total':<16}{report['total_seconds']:>10.3f}   (video {report['video']['seconds']:.2f} s, "
                  f"{report['video']['frames']} frames, {report['video']['unet_calls']} UNet calls)")
 
@@ -393,4 +389,8 @@ def format_table(report: dict) -> str:
               f"   peak device memory: {fmt(report['peak_device_memory_gb'], '.2f', ' GB')}"
               f"   peak host memory: {fmt(report['peak_host_memory_gb'], '.2f', ' GB')}"
               f"   placement as documented: {report['placement_ok']}"]
+    if report.get("spread"):
+        from .bench_spread import format_spread
+
+        lines.append(format_spread(report["spread"]))
     return "\n".join(lines)

@@ -23,7 +23,8 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..errors import Interrupted, SonicError
-from .executors import Compute
+
+Compute = Callable[[int, object], torch.Tensor]  # as in executors.py (which imports this module lazily)
 
 DEFAULT_TIMEOUT_S = 600.0  # a step of a long clip on a slow GPU stays well below this
 TIMEOUT_ENV = "SONIC_DIST_TIMEOUT"

@@ -93,6 +93,11 @@ class SonicModelLoader:
                            "8.3 GB the first time; only the files Sonic needs; an interrupted download resumes). "
                            "HF_ENDPOINT selects a mirror; the SVD-xt repository needs its licence accepted and "
                            "HF_TOKEN or `hf auth login`. Off: missing files are an error that lists them."}),
+            "devices": ("STRING", {
+                "default": "", "advanced": True,
+                "tooltip": "Several GPUs for one clip, e.g. cuda:0,cuda:1 or all: the windows of every denoising step "
+                           "are spread over them (one UNet copy each) and the result is the same as on one GPU. "
+                           "Empty: ComfyUI's device."}),
         }}
 
     @classmethod
@@ -103,10 +108,18 @@ class SonicModelLoader:
             return "dtype fp16 is extremely slow on the CPU and not supported; choose auto, fp32 or bf16"
         return True
 
-    def load(self, svd_model, dtype, memory_policy, face_detector, download_missing=False):
+    def load(self, svd_model, dtype, memory_policy, face_detector, download_missing=False, devices=""):
         from sonic.errors import WeightsError
         from sonic.weights.locate import find_model_files
 
+        # A device that does not exist is named before any file is looked at.
+        device = model_management().get_torch_device()
+        device_list = None
+        if (devices or "").strip():
+            from sonic.diffusion.executors import parse_devices
+
+            device_list = parse_devices(devices)
+            device = device_list[0]  # the main device: conditioning, fusion and the other stages run there
         models_dir = find_models_dir()
         if not models_dir.is_dir() and not download_missing:
             searched = ", ".join(str(p) for p in sonic_model_dirs())
@@ -126,9 +139,8 @@ class SonicModelLoader:
             fetch_missing_weights(models_dir, svd_single_file=svd is not None)
             svd = auto_svd_checkpoint(models_dir) if svd_model == AUTO else svd
             find_model_files(models_dir, need_face_detector=use_yolo, need_interpolation=True, svd_checkpoint=svd)
-        device = model_management().get_torch_device()
         return (LazySonicPipeline(models_dir, device=device, dtype=dtype, memory_policy=memory_policy,
-                                  svd_checkpoint=svd, face_detector=use_yolo),)
+                                  svd_checkpoint=svd, face_detector=use_yolo, devices=device_list),)
 
 
 DOWNLOAD_ADVICE = ("or set download_missing to true in Sonic Model Loader to fetch the missing files from Hugging Face "
@@ -153,8 +165,9 @@ class LazySonicPipeline:
     """
 
     def __init__(self, models_dir: Path, *, device, dtype: str, memory_policy: str, svd_checkpoint,
-                 face_detector: bool):
+                 face_detector: bool, devices=None):
         self.models_dir = models_dir
+        self.devices = devices
         self.device = device
         self.dtype = dtype
         self.memory_policy = memory_policy
@@ -181,7 +194,8 @@ class LazySonicPipeline:
         with comfy_errors(None, knobs="set memory_policy to 'offload' or 'lowvram', or dtype to fp16/bf16"):
             return SonicPipeline.from_pretrained(self.models_dir, device=self.device, dtype=self.dtype,
                                                  memory_policy=self.memory_policy, svd_checkpoint=self.svd_checkpoint,
-                                                 face_detector=self.use_face_detector, interpolation=True)
+                                                 face_detector=self.use_face_detector, interpolation=True,
+                                                 devices=self.devices if self.devices and len(self.devices) > 1 else None)
 
     def __getattr__(self, name: str):
         # Only called for names not set in __init__: the pipeline's stages (prepare, encode, ...).

@@ -45,6 +45,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VAE_SCALING_FACTOR = 0.18215  # hard-coded in the official pipeline (not read from the VAE config)
 
 # --- Input safety -----------------------------------------------------------------------------
+SAMPLERS = ("euler", "dpmpp_2m")  # integrators; Euler is the official one
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # decoding cap: bigger pictures are almost surely mistakes (or bombs)
 DEFAULT_MAX_AUDIO_SECONDS = 7200.0  # 2 hours: longer audio is refused unless `duration` takes only its start
 
@@ -133,6 +134,7 @@ class SonicConfig:
     window_overlap: int = 0  # frames shared by consecutive windows
     shift_offset: int = 7  # the window grid moves this many frames earlier every step
     seed: int = 72589  # official default seed; 0 is a valid seed
+    sampler: str = "euler"  # integrator: "euler" (official) or "dpmpp_2m" (DPM-Solver++(2M), opt-in)
 
     # Decoding and output
     decode_chunk_size: int = 8  # frames per VAE temporal-decoder call (seams every chunk)
@@ -182,6 +184,7 @@ class SonicConfig:
             f"or i2i_noise_strength"))
         need(self.window_overlap < self.frames_per_window,
              f"window_overlap must be smaller than frames_per_window ({self.frames_per_window}), got {self.window_overlap}")
+        need(self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         need(self.max_audio_seconds is None or (isinstance(self.max_audio_seconds, (int, float))
                                                 and math.isfinite(self.max_audio_seconds) and self.max_audio_seconds > 0),
              f"max_audio_seconds must be positive or None, got {self.max_audio_seconds}")

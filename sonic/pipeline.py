@@ -18,9 +18,9 @@ from typing import Iterator
 import torch
 
 from .config import LATENT_DOWNSCALE, SonicConfig
-from .devices import resolve_device, resolve_dtype
+from .devices import resolve_dtype
 from .diffusion.conditioning import audio_conditioning
-from .diffusion.decode import decode_latents
+from .diffusion.decode import decode_latents, decode_latents_split
 from .diffusion.interpolate import iter_double_frame_rate
 from .diffusion.sampler import initial_noise, sample_latents
 from .diffusion.schedule import make_schedule
@@ -38,17 +38,21 @@ log = logging.getLogger("sonic")
 
 # Advanced sampling settings `sample()` accepts besides steps, strength, seed and noise.
 SAMPLE_SETTINGS = frozenset({"min_appearance_guidance", "max_appearance_guidance", "audio_guidance", "frames_per_window",
-                             "window_overlap", "shift_offset", "ip_audio_scale", "fps"})
+                             "window_overlap", "shift_offset", "ip_audio_scale", "fps", "sampler"})
 
 
 class SonicPipeline:
     """The Sonic inference path. Build it with `from_pretrained`."""
 
     def __init__(self, models: SonicModels, *, device, dtype, memory_policy: str = "keep",
-                 config: SonicConfig | None = None):
+                 config: SonicConfig | None = None, devices=None):
+        from .diffusion.executors import executor_for
+
         get_policy(memory_policy)  # checks the name
         self.models = models
-        self.device = torch.device(device)
+        # Several devices (a list, or torchrun's ranks): the windows of a step are spread over them.
+        self.executor = executor_for(devices, device)
+        self.device = self.executor.main_device
         self.dtype = dtype
         self.memory_policy = memory_policy
         self.config = (config or SonicConfig()).validate()
@@ -59,7 +63,7 @@ class SonicPipeline:
     @classmethod
     def from_pretrained(cls, models_dir, *, device=None, dtype="auto", memory_policy: str = "keep",
                         svd_checkpoint=None, face_detector: bool | str = "auto", interpolation: bool = True,
-                        config: SonicConfig | None = None) -> "SonicPipeline":
+                        config: SonicConfig | None = None, devices=None) -> "SonicPipeline":
         """Load and check every model from `models_dir` (official `checkpoints/` or ComfyUI layout).
 
         `device`: "cpu", "cuda", "cuda:1", "mps" or None (best available). `dtype`: "auto"
@@ -67,17 +71,21 @@ class SonicPipeline:
         to the UNet, VAE and CLIP encoder; Whisper, the audio adapters and RIFE stay fp32 as in
         the reference. `face_detector`: "auto" uses yoloface_v5m.pt when present, else OpenCV's
         Haar cascade; True requires yoloface; False never loads it (give `face_box`, or the
-        OpenCV fallback is used). `interpolation=False` skips RIFE. Raises `WeightsError` listing every
-        missing or broken file.
+        OpenCV fallback is used). `interpolation=False` skips RIFE. `devices`: e.g. ["cuda:0", "cuda:1"]
+        to spread the windows of every step over several devices (one UNet replica each, same result);
+        under `torchrun` each process uses its own device without it. Raises `WeightsError` listing
+        every missing or broken file.
         """
+        from .diffusion.executors import executor_for
         from .weights.loading import load_models
 
-        device = resolve_device(device)
+        executor = executor_for(devices, device)  # checks the device list before any weight loads
+        device = executor.main_device
         dtype = resolve_dtype(dtype, device)
         get_policy(memory_policy)  # checks the name before any weight is read
         models = load_models(models_dir, svd_checkpoint=svd_checkpoint, need_face_detector=face_detector is True,
                              load_face_detector=face_detector is not False, need_interpolation=interpolation)
-        return cls(models, device=device, dtype=dtype, memory_policy=memory_policy, config=config)
+        return cls(models, device=device, dtype=dtype, memory_policy=memory_policy, config=config, devices=executor)
 
     # ----------------------------------------------------------------------------- placement
     def _heavy(self) -> list[torch.nn.Module]:
@@ -226,9 +234,11 @@ class SonicPipeline:
                 callback(ProgressInfo(stage="sampling", done=int(_get(info, "call")),
                                       total=int(_get(info, "total_calls")), preview_latent=latent))
 
+        self.executor.unit_counts.clear()
         with self._stage("sampling"):
             latents = sample_latents(
-                unet, ref_latent=cond.ref_latent, image_latent=cond.image_latent,
+                self.executor.replicate(unet), executor=self.executor, sampler=cfg.sampler,
+                ref_latent=cond.ref_latent, image_latent=cond.image_latent,
                 clip_embeds=cond.clip_embeds, audio_tokens=cond.audio.tokens, null_tokens=cond.audio.null_tokens,
                 buckets=cond.audio.buckets, face_mask=cond.face_mask, schedule=schedule, noise=noise.to(self.device),
                 config=cfg, callback=on_call, dtype=self.dtype)
@@ -243,7 +253,12 @@ class SonicPipeline:
         total = latents.shape[-4] if latents.dim() == 5 else latents.shape[0]
         done = 0
         with torch.no_grad(), self._stage("decode"):
-            for frames in decode_latents(self.models.vae, latents.to(self.device, self.dtype), chunk_size=chunk):
+            if self.executor.num_workers > 1:  # chunks spread over the devices, boundaries as in a serial run
+                chunks = decode_latents_split(self.executor, self.executor.replicate(self.models.vae),
+                                              latents.to(self.device, self.dtype), chunk_size=chunk)
+            else:
+                chunks = decode_latents(self.models.vae, latents.to(self.device, self.dtype), chunk_size=chunk)
+            for frames in chunks:
                 done += frames.shape[0]
                 report_progress(callback, "decode", done, total)
                 yield frames

@@ -32,6 +32,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--x264-preset", default="medium", help="x264 preset of the MP4 writer (default medium)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--devices", help="spread the windows over several devices (threads), e.g. cuda:0,cuda:1; "
+                        "under torchrun every rank takes its own device")
+    parser.add_argument("--baseline", metavar="ONE.json",
+                        help="a 1-device report of the same settings: adds the measured speed-up")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU when the GPU is not in the table")
     parser.add_argument("--keep-video", metavar="OUT.mp4", help="keep the last measured video")
     parser.add_argument("--overwrite", action="store_true", help="let --keep-video replace an existing file")
@@ -45,7 +49,7 @@ def run(args) -> int:
     options = {k: v for k, v in vars(args).items() if k not in ("run", "debug", "command")}
     settings = BenchSettings(command="python -m sonic bench " + " ".join(sys.argv[2:]), **options).validate()
     report = run_benchmark(settings, log=lambda msg: print(msg, file=sys.stderr))
-    if settings.flops_only:
+    if settings.flops_only or report.get("rank", 0) != 0:  # under torchrun rank 0 reports
         return 0
     print(format_table(report))
     if settings.json_path:

@@ -38,6 +38,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode call (default 8)")
     parser.add_argument("--no-interpolate", action="store_true", help="skip RIFE: 12.5 fps output")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
+    parser.add_argument("--devices", help="spread the windows of every step over several devices, e.g. cuda:0,cuda:1 "
+                        "or 'all' (same result as one device; under torchrun each process takes its own)")
+    parser.add_argument("--sampler", choices=["euler", "dpmpp_2m"],
+                        help="integrator: euler (default, the official one) or dpmpp_2m (DPM-Solver++(2M), opt-in)")
     parser.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
     parser.add_argument("--memory-policy", default="keep", choices=MEMORY_POLICIES, help=describe_policies())
     parser.add_argument("--compile", action="store_true",
@@ -67,13 +71,17 @@ def run(args) -> int:
     out_path = check_output_path(args.out, args.overwrite)
     check_encoder_settings(args.crf, args.preset)
     face_box = parse_face_box(args.face_box)
+    if args.devices:
+        from ..diffusion.executors import parse_devices
+
+        parse_devices(args.devices)  # a device that does not exist is named before anything loads
     postprocess = postprocess_options(args)
     config = SonicConfig().replace(**{k: v for k, v in dict(
         crop=False if args.no_crop else None, expand_ratio=args.expand_ratio, min_resolution=args.min_resolution,
         inference_steps=args.steps, dynamic_scale=args.dynamic_scale, motion_scale=args.motion_scale,
         i2i_noise_strength=args.i2i_noise_strength, seed=args.seed, interpolate=not args.no_interpolate,
         decode_chunk_size=args.decode_chunk_size, max_image_pixels=args.max_image_pixels,
-        max_audio_seconds=args.max_audio_seconds).items() if v is not None})
+        max_audio_seconds=args.max_audio_seconds, sampler=args.sampler).items() if v is not None})
     check_face_choice(face_box, args.face_index)
     # Which files are missing (only looked up, none is read: a new user hears first what to download).
     find_model_files(args.models, need_interpolation=config.interpolate, svd_checkpoint=args.svd_checkpoint,
@@ -85,15 +93,19 @@ def run(args) -> int:
 
     import torch
 
+    from ..diffusion.executors import executor_for
     from ..media.video import write_mp4
     from ..pipeline import SonicPipeline
 
     started = time.perf_counter()
+    executor = executor_for(args.devices, args.device)  # torchrun's ranks, threads over --devices, or one device
+    if not executor.is_main:  # another rank of a torchrun job: compute its share, rank 0 writes and reports
+        return run_helper_rank(args, executor, config, image, audio, face_box, postprocess)
     from .progress import StageProgress
 
     progress = StageProgress(enabled=not args.quiet, stages=("conditioning", "sampling", "decode")
                              + (("interpolate",) if config.interpolate else ()))
-    pipe = SonicPipeline.from_pretrained(args.models, device=args.device, dtype=args.dtype,
+    pipe = SonicPipeline.from_pretrained(args.models, devices=executor, dtype=args.dtype,
                                          memory_policy=args.memory_policy, svd_checkpoint=args.svd_checkpoint,
                                          face_detector="auto" if face_box is None else False,
                                          interpolation=config.interpolate, config=config)
@@ -115,9 +127,39 @@ def run(args) -> int:
     peak = peak_memory_summary(torch, pipe.device)
     print(f"wrote {out_path}: {out.num_frames} frames at {out.fps:g} fps = {out.seconds:.2f} s of video, "
           f"{width}x{height} px, in {seconds:.1f} s ({peak})")
+    if executor.num_workers > 1:
+        print(f"spread: {windows_summary(executor, out.timeline.generated_frames, out.config)}")
     for line in postprocess_summary(out.report.get("postprocess") or {}):
         print(line)
+    executor.close()
     return 0
+
+
+def run_helper_rank(args, executor, config, image, audio, face_box, postprocess) -> int:
+    """A rank other than 0 runs the same job (its share of every collective stage) and writes nothing."""
+    from ..pipeline import SonicPipeline
+
+    pipe = SonicPipeline.from_pretrained(args.models, devices=executor, dtype=args.dtype,
+                                         memory_policy=args.memory_policy, svd_checkpoint=args.svd_checkpoint,
+                                         face_detector="auto" if face_box is None else False,
+                                         interpolation=config.interpolate, config=config)
+    settings = dict(face_box=face_box, face_index=args.face_index)
+    out = pipe(image, audio, postprocess=postprocess, **settings) if postprocess else pipe.stream(image, audio, **settings)
+    for _ in out.frames:  # the decode chunks are spread over the ranks: take part, drop the pixels
+        pass
+    executor.close()
+    return 0
+
+
+def windows_summary(executor, num_frames: int, config) -> str:
+    """`5 windows/step over 2 devices: 3+2` for the clip just made."""
+    from ..diffusion.executors import spread_summary
+    from ..diffusion.windows import work_units
+
+    windows = -(-num_frames // (config.frames_per_window - config.window_overlap))
+    units = work_units(windows, executor.num_workers)
+    name = "windows" if units[0][1] is None else f"(window, branch) units of {windows} window(s)"
+    return spread_summary(executor, len(units), name)
 
 
 def postprocess_summary(report: dict) -> list[str]:

@@ -49,14 +49,38 @@ def decode_latents(vae, latents: torch.Tensor, *, chunk_size: int = 8) -> Iterat
 
 @torch.no_grad()
 def _decode_chunks(vae, latents: torch.Tensor, chunk_size: int) -> Iterator[torch.Tensor]:
-    parameter = next(vae.parameters())
     for start in range(0, latents.shape[0], chunk_size):
-        chunk = latents[start:start + chunk_size]
-        # Python-float reciprocal times the tensor, as the official pipeline computes it (bit-exact).
-        z = (1 / VAE_SCALING_FACTOR) * chunk.to(device=parameter.device, dtype=torch.float32)
-        frames = vae.decode(z.to(parameter.dtype), num_frames=chunk.shape[0]).sample
-        frames = frames.float().mul(0.5).add(0.5).clamp(0, 1)
-        yield frames.permute(0, 2, 3, 1).cpu()
+        yield decode_chunk(vae, latents[start:start + chunk_size]).cpu()
+
+
+@torch.no_grad()
+def decode_chunk(vae, chunk: torch.Tensor) -> torch.Tensor:
+    """One decoder call: (n, C, h, w) latents -> float32 [n, 8h, 8w, 3] in [0, 1] on the VAE's device."""
+    parameter = next(vae.parameters())
+    # Python-float reciprocal times the tensor, as the official pipeline computes it (bit-exact).
+    z = (1 / VAE_SCALING_FACTOR) * chunk.to(device=parameter.device, dtype=torch.float32)
+    frames = vae.decode(z.to(parameter.dtype), num_frames=chunk.shape[0]).sample
+    return frames.float().mul(0.5).add(0.5).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def decode_latents_split(executor, vaes: list, latents: torch.Tensor, *, chunk_size: int = 8) -> Iterator[torch.Tensor]:
+    """`decode_latents` with the chunks spread over the devices of `executor` (one VAE per local
+    device); the chunk boundaries are the serial ones, so the frames are the same. Chunks are
+    decoded in rounds of one per device and yielded in order (memory stays bounded)."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ParameterError(f"decode chunk_size must be a positive integer, got {chunk_size!r}")
+    latents = _flatten_latents(latents)
+    starts = list(range(0, latents.shape[0], chunk_size))
+    full = [s for s in starts if s + chunk_size <= latents.shape[0]]
+    # Units of one exchange need one shape: the shorter last chunk makes a round of its own.
+    rounds = [full[i:i + executor.num_workers] for i in range(0, len(full), executor.num_workers)]
+    rounds += [[s] for s in starts if s not in full]
+
+    def compute(worker: int, start: int) -> torch.Tensor:
+        return decode_chunk(vaes[worker], latents[start:start + chunk_size])
+
+    for units in rounds:
+        yield from executor.map(compute, units, to="cpu", tally=False)  # the tally counts UNet units
 
 
 def decode_all(vae, latents: torch.Tensor, *, chunk_size: int = 8) -> torch.Tensor:

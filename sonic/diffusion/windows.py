@@ -77,3 +77,22 @@ def all_step_indices(num_frames: int, num_steps: int, *, frames_per_window: int 
         raise ParameterError(f"num_steps must be a positive integer, got {num_steps!r}")
     return torch.stack([window_indices(num_frames, step, frames_per_window=frames_per_window, overlap=overlap,
                                        shift_offset=shift_offset) for step in range(num_steps)])
+
+
+def window_plan(num_frames: int, step_index: int, settings) -> torch.Tensor:
+    """The window layout of one step from the sampler settings (`frames_per_window`, `window_overlap`,
+    `shift_offset` of a `SonicConfig`): the pure function every device, thread and rank evaluates
+    alike, so they all agree on which frames each window holds without exchanging anything."""
+    return window_indices(num_frames, step_index, frames_per_window=settings.frames_per_window,
+                          overlap=settings.window_overlap, shift_offset=settings.shift_offset)
+
+
+def work_units(num_windows: int, num_devices: int, split_branches: bool | None = None) -> list[tuple[int, int | None]]:
+    """The work units of one step in canonical order: `(window, None)` (the 3 guidance branches in one
+    batched call), or `(window, branch)` when branches are split. `split_branches=None` splits only when
+    there are fewer windows than devices (up to 3 devices then help a short clip)."""
+    if split_branches is None:
+        split_branches = num_windows < num_devices
+    if split_branches:
+        return [(window, branch) for window in range(num_windows) for branch in range(3)]
+    return [(window, None) for window in range(num_windows)]

@@ -49,19 +49,21 @@ def build_pipeline(settings: BenchSettings, device: torch.device, dtype: torch.d
     policy = settings.memory_policy
     if size == "real":
         return SonicPipeline.from_pretrained(settings.models, device=device, dtype=dtype, memory_policy=policy,
-                                             face_detector=False, interpolation=settings.interpolate)
+                                             face_detector=False, interpolation=settings.interpolate,
+                                             devices=settings.devices)
     if size == "tiny":
         from .zoo import write_tiny_zoo
 
         zoo = write_tiny_zoo(workdir / "tiny_zoo", layout="official")
         return SonicPipeline.from_pretrained(zoo, device=device, dtype=dtype, memory_policy=policy,
-                                             face_detector=False, interpolation=settings.interpolate)
+                                             face_detector=False, interpolation=settings.interpolate,
+                                             devices=settings.devices)
     from .random_models import build_random_models
 
     # Create the weights where they rest under the policy (the pipeline moves the UNet for lowvram).
     where = device if policy == "keep" else torch.device("cpu")
     models = build_random_models(device=where, dtype=dtype, seed=settings.seed, interpolation=settings.interpolate)
-    return SonicPipeline(models, device=device, dtype=dtype, memory_policy=policy)
+    return SonicPipeline(models, device=device, dtype=dtype, memory_policy=policy, devices=settings.devices)
 
 
 def run_once(pipe, settings: BenchSettings, image, face_box, wave: np.ndarray, steps: int, video_path: Path,
@@ -119,8 +121,12 @@ def run_once(pipe, settings: BenchSettings, image, face_box, wave: np.ndarray, s
     last = TimedIterator(stream.frames)
     output_frames = stream.num_frames
     start = time.perf_counter()
-    write_mp4(video_path, last, fps=stream.fps, audio=stream.audio, sample_rate=stream.sample_rate,
-              preset=settings.x264_preset, overwrite=True, metadata={"benchmark": True})
+    if not pipe.executor.is_main:  # another torchrun rank: its share of the decode, no MP4
+        for _ in last:
+            pass
+    else:
+        write_mp4(video_path, last, fps=stream.fps, audio=stream.audio, sample_rate=stream.sample_rate,
+                  preset=settings.x264_preset, overwrite=True, metadata={"benchmark": True})
     chain = time.perf_counter() - start
     clock.add("decode", decoded.seconds)
     if settings.interpolate:
@@ -165,14 +171,29 @@ def placement_record(pipe, stage: str, device: torch.device) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ the benchmark
+def bench_device(settings: BenchSettings) -> torch.device:
+    """The main device: torchrun's rank device, the first of --devices, or --device."""
+    from ..devices import resolve_device
+    from ..diffusion.distributed import launched_by_torchrun
+    from ..diffusion.executors import parse_devices
+
+    if launched_by_torchrun():
+        from ..diffusion.executors import executor_for
+
+        return executor_for().main_device
+    if settings.devices:
+        return parse_devices(settings.devices)[0]
+    return resolve_device(None if settings.device == "auto" else settings.device)
+
+
 def run_benchmark(settings: BenchSettings, *, log=print) -> dict[str, Any]:
     """Run the benchmark described by `settings`; returns the JSON report (also written to json_path)."""
-    from ..devices import resolve_device, resolve_dtype
+    from ..devices import resolve_dtype
 
     settings = settings.validate()
     if settings.flops_only:
         return flops_report(settings, log=log)
-    device = resolve_device(None if settings.device == "auto" else settings.device)
+    device = bench_device(settings)
     dtype = resolve_dtype(settings.dtype, device)
     check_attention_backend(settings.attention, device)
     size = settings.resolved_size(device)
@@ -221,7 +242,13 @@ def run_benchmark(settings: BenchSettings, *, log=print) -> dict[str, Any]:
     report = summarize(settings, runs, warmups=warmups, flops=flops, peak_tflops=peak_tflops, device=device,
                        device_name=device_name, dtype=dtype, size=size, setup_seconds=setup_seconds,
                        host_peak=host.peak, host_start=host.start_bytes)
-    write_json(report, settings.json_path)
+    if pipe.executor.num_workers > 1 or settings.baseline:
+        from .bench_spread import spread_record
+
+        report["spread"] = spread_record(pipe.executor, report, settings.baseline, pipe.config)
+    report["rank"] = pipe.executor.rank
+    if pipe.executor.is_main:
+        write_json(report, settings.json_path)
     return report
 
 
@@ -344,6 +371,10 @@ def format_table(report: dict) -> str:
               f"   peak device memory: {fmt(report['peak_device_memory_gb'], '.2f', ' GB')}"
               f"   peak host memory: {fmt(report['peak_host_memory_gb'], '.2f', ' GB')}"
               f"   placement as documented: {report['placement_ok']}"]
+    if report.get("spread"):
+        from .bench_spread import format_spread
+
+        lines.append(format_spread(report["spread"]))
     return "\n".join(lines)
 
 

@@ -61,6 +61,8 @@ class BenchSettings:
     seed: int = 0
     peak_tflops: float | None = None  # override the device's peak for MFU
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    devices: str | None = None  # several devices for one clip (threads), e.g. "cuda:0,cuda:1"
+    baseline: str | None = None  # a 1-device JSON report: the measured speed-up is computed against it
     json_path: str | None = None
     keep_video: str | None = None  # keep the last measured MP4 here
     overwrite: bool = False  # let keep_video replace an existing file

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import FACE, SR, speech_like
+from helpers import FACE, SR, speech_like
 from sonic.diffusion.integrators import integrator, sample_dpmpp_2m, sample_euler
 from sonic.errors import ParameterError
 

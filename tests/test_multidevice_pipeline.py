@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from conftest import FACE, SR, speech_like
+from helpers import FACE, SR, speech_like
 from sonic import SonicPipeline
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -204,8 +204,9 @@ class SonicPipeline:
     # ----------------------------------------------------------------------------- stages
     def prepare(self, image, audio, *, face_box=None, face_index=None, crop: bool | None = None,
                 expand_ratio: float | None = None, min_resolution: int | None = None, duration=None,
-                config: SonicConfig | None = None) -> PreparedJob:
-        """Load and check the portrait and the audio (CPU only; fast). See `__call__` for arguments."""
+                config: SonicConfig | None = None, portrait: PreparedPortrait | None = None) -> PreparedJob:
+        """Load and check the portrait and the audio (CPU only; fast). See `__call__` for arguments.
+        `portrait`: one prepared earlier with the same settings (a batch reuses it across audios)."""
         base = config or self.config
         overrides = {k: v for k, v in dict(crop=crop, expand_ratio=expand_ratio, min_resolution=min_resolution).items()
                      if v is not None}
@@ -214,10 +215,10 @@ class SonicPipeline:
         if cfg.max_audio_seconds is not None and clip.seconds > cfg.max_audio_seconds:
             clip = clip.trimmed(cfg.max_audio_seconds)
         timeline = Timeline.from_samples(len(clip.samples))
-        portrait = prepare_portrait(image, detector=self.face_detector(), face_box=face_box, face_index=face_index,
-                                    crop=cfg.crop, expand_ratio=cfg.expand_ratio, min_resolution=cfg.min_resolution,
-                                    face_mask_area=cfg.face_mask_area, max_pixels=cfg.max_pixels,
-                                    max_image_pixels=cfg.max_image_pixels)
+        portrait = portrait or prepare_portrait(
+            image, detector=self.face_detector(), face_box=face_box, face_index=face_index, crop=cfg.crop,
+            expand_ratio=cfg.expand_ratio, min_resolution=cfg.min_resolution, face_mask_area=cfg.face_mask_area,
+            max_pixels=cfg.max_pixels, max_image_pixels=cfg.max_image_pixels)
         return PreparedJob(portrait=portrait, audio=clip, timeline=timeline, config=cfg)
 
     def face_detector(self):
@@ -229,9 +230,23 @@ class SonicPipeline:
         return self.models.face_detector
 
     @torch.no_grad()
+    def encode_portrait(self, job: PreparedJob) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(CLIP embedding, reference latent, image latent) of the job's portrait: the part of
+        `encode` that depends only on the portrait, its settings and (with noise_aug_strength) the seed."""
+        cfg, portrait, m = job.config, job.portrait, self.models
+        with self._using(m.image_encoder, m.vae):
+            clip_embeds = clip_image_embeds(m.image_encoder, portrait.clip_pixels.to(self.device, self.dtype))
+            ref_latent, image_latent = encode_reference(
+                m.vae, portrait.pixels.to(self.device, self.dtype), noise_aug_strength=cfg.noise_aug_strength,
+                # Pixel noise from the seed on the CPU: the same on every device.
+                generator=torch.Generator("cpu").manual_seed(cfg.seed) if cfg.noise_aug_strength > 0 else None)
+        return clip_embeds, ref_latent, image_latent
+
+    @torch.no_grad()
     def encode(self, job: PreparedJob, *, dynamic_scale: float | None = None, motion_scale: float | None = None,
-               callback: ProgressCallback | None = None) -> Conditioning:
-        """Whisper features, audio tokens and buckets, CLIP embedding and reference latents (once each)."""
+               callback: ProgressCallback | None = None, portrait_encoding=None) -> Conditioning:
+        """Whisper features, audio tokens and buckets, CLIP embedding and reference latents (once each).
+        `portrait_encoding`: `encode_portrait`'s result for this portrait, reused instead of recomputed."""
         cfg = job.config.replace(**{k: v for k, v in dict(dynamic_scale=dynamic_scale, motion_scale=motion_scale).items()
                                     if v is not None})
         job = dataclasses.replace(job, config=cfg)
@@ -242,12 +257,7 @@ class SonicPipeline:
         token_windows, bucket_windows = frame_windows(hidden, job.timeline.generated_frames)
         _report(callback, "conditioning", 1, 3)
         portrait = job.portrait
-        with self._using(m.image_encoder, m.vae):
-            clip_embeds = clip_image_embeds(m.image_encoder, portrait.clip_pixels.to(self.device, self.dtype))
-            ref_latent, image_latent = encode_reference(
-                m.vae, portrait.pixels.to(self.device, self.dtype), noise_aug_strength=cfg.noise_aug_strength,
-                # Pixel noise from the seed on the CPU: the same on every device.
-                generator=torch.Generator("cpu").manual_seed(cfg.seed) if cfg.noise_aug_strength > 0 else None)
+        clip_embeds, ref_latent, image_latent = portrait_encoding or self.encode_portrait(job)
         _report(callback, "conditioning", 2, 3)
         with self._using(m.audio2token, m.audio2bucket):
             # The windows are views of one padded copy; audio_conditioning moves one batch at a time.
@@ -371,7 +381,7 @@ class SonicPipeline:
         produced while they are consumed: decode and interpolation are streamed, so a long video
         never sits in memory as a whole (e.g. feed it to `sonic.media.video.write_mp4`). The number of
         frames is known up front: `timeline.output_frames(interpolate)`."""
-        per_job = {"face_box", "face_index", "duration", "noise", "config"}
+        per_job = {"face_box", "face_index", "duration", "noise", "config", "portrait", "portrait_encoding"}
         fields = {f.name for f in dataclasses.fields(SonicConfig)}
         unknown = sorted(set(kwargs) - per_job - fields)
         if unknown:
@@ -383,8 +393,8 @@ class SonicPipeline:
                           if v is not None})
         cfg = (kwargs.get("config") or self.config).replace(**overrides)
         job = self.prepare(image, audio, face_box=kwargs.get("face_box"), face_index=kwargs.get("face_index"),
-                           duration=kwargs.get("duration"), config=cfg)
-        cond = self.encode(job, callback=callback)
+                           duration=kwargs.get("duration"), config=cfg, portrait=kwargs.get("portrait"))
+        cond = self.encode(job, callback=callback, portrait_encoding=kwargs.get("portrait_encoding"))
         latents = self.sample(cond, noise=kwargs.get("noise"), callback=callback)
         frames = self.decode_iter(latents, decode_chunk_size=cfg.decode_chunk_size, callback=callback)
         if cfg.interpolate:

@@ -16,15 +16,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--audio", required=True, help="speech audio (WAV/MP3/FLAC/OGG/Opus/M4A)")
     parser.add_argument("--out", required=True, help="output .mp4 path")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
     add_model_options(parser)
     add_job_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def add_model_options(parser) -> None:
-    """Options of the models and the machine (the same for every job of a batch)."""
+    """Options of the models (the same for every job of a batch)."""
     parser.add_argument("--svd-checkpoint", help="SVD-xt single file (svd_xt.safetensors) instead of the diffusers folder")
-    parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
     parser.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
     parser.add_argument("--memory-policy", default="keep", choices=["keep", "offload", "lowvram"],
                         help="keep models on the GPU, offload between stages, or low-VRAM")

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol
 
 from ..errors import SonicError
@@ -109,6 +110,9 @@ class LocalExecutor:
     def _spawn(self, slot: int) -> _Worker:
         device = self.devices[slot]
         env = dict(os.environ)
+        # The worker runs this very copy of the package, installed or not.
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         settings = dict(self.settings, device=device)
         if device.startswith("cuda:"):  # each worker sees only its GPU
             env["CUDA_VISIBLE_DEVICES"] = device[5:]

@@ -78,7 +78,6 @@ class _Worker:
     ready: bool = False
     job: Job | None = None
     last_portrait: str | None = None
-    saved: int = 0
     fatal: str | None = None  # why the models did not load
     buffer: bytes = b""
     started_at: float = field(default_factory=time.monotonic)
@@ -99,8 +98,6 @@ class _Worker:
 class LocalExecutor:
     def __init__(self, settings: dict, devices: list[str], *, retries: int = 2, idle_hook: IdleHook | None = None):
         self.settings, self.devices, self.retries, self.idle_hook = settings, devices, retries, idle_hook
-        self.saved = 0
-        self._saved_by_slot: dict[int, int] = {}
         cpu_workers = sum(d == "cpu" for d in devices)
         self.cpu_threads = max(1, (os.cpu_count() or 1) // max(cpu_workers, 1))
 
@@ -195,10 +192,6 @@ class LocalExecutor:
         elif event == "result":
             job, worker.job = worker.job, None
             worker.last_portrait = job.portrait_key
-            self._saved_by_slot[worker.slot] = self._saved_by_slot.get(worker.slot, 0) + \
-                max(0, message.get("saved", 0) - worker.saved)
-            worker.saved = message.get("saved", 0)
-            self.saved = sum(self._saved_by_slot.values())
             if message.get("ok"):
                 events.finished(job, {"ok": True, **{k: message.get(k) for k in ("seconds", "video_seconds", "reused")}})
             else:

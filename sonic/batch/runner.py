@@ -6,7 +6,7 @@ face box, the CLIP embedding and the VAE latents (`SonicPipeline.prepare(portrai
 
 Test hooks (environment variables naming an output file; used by the tests, harmless otherwise):
 `SONIC_BATCH_TEST_CRASH=name.mp4` ends the worker process with `os._exit` in the middle of that
-job's first attempt; `SONIC_BATCH_TEST_FAIL=name.mp4` makes every attempt of that job raise.
+job once (a marker file in the work folder remembers it); `SONIC_BATCH_TEST_FAIL=name.mp4` makes every attempt of that job raise.
 """
 
 from __future__ import annotations
@@ -96,12 +96,19 @@ class JobRunner:
                   preset=plan.preset, metadata=metadata)
         seconds = time.perf_counter() - started
         finish_output(spec, work, seconds, video_seconds=round(out.seconds, 3), portrait_reused=reused)
+        _crash_marker(spec).unlink(missing_ok=True)
         return {"seconds": seconds, "video_seconds": out.seconds, "reused": reused}
+
+
+def _crash_marker(spec: dict) -> Path:
+    return Path(spec["state_dir"]) / "work" / f"{spec['job_id']}.crashed"
 
 
 def _test_faults(spec: dict) -> None:
     name = Path(spec["output"]).name
-    if os.environ.get(CRASH_HOOK) == name and spec["attempt"] <= 1:
+    marker = _crash_marker(spec)
+    if os.environ.get(CRASH_HOOK) == name and not marker.exists():  # once per job, whoever retries it
+        marker.touch()
         os._exit(CRASH_EXIT_CODE)
     if os.environ.get(FAIL_HOOK) == name:
         raise RuntimeError(f"test hook {FAIL_HOOK} failed this job on purpose")

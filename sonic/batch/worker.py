@@ -36,17 +36,17 @@ def main() -> int:
 
         runner = JobRunner(load_pipeline(settings))
     except Exception as exc:  # the models cannot load: the batch cannot run at all
-        send(event="fatal", error=_describe(exc))
+        send(event="fatal", error=describe(exc))
         return 2
     send(event="ready", pid=os.getpid())
     for line in sys.stdin:
         spec = json.loads(line)["job"]
         try:
             result = runner.run(spec)
-            send(event="result", job_id=spec["job_id"], ok=True, saved=runner.cache.saved, **result)
+            send(event="result", job_id=spec["job_id"], ok=True, **result)
         except Exception as exc:
             traceback.print_exc(file=sys.stderr) if settings.get("debug") else None
-            send(event="result", job_id=spec["job_id"], ok=False, error=_describe(exc), saved=runner.cache.saved)
+            send(event="result", job_id=spec["job_id"], ok=False, error=describe(exc))
     return 0
 
 
@@ -62,7 +62,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     from ..errors import SonicError
 
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

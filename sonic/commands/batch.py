@@ -84,7 +84,7 @@ def run(args) -> int:
             return 130
         finally:
             events.close()
-        return events.finish(time.monotonic() - started, executor.saved)
+        return events.finish(time.monotonic() - started)
     finally:
         store.close()
 
@@ -132,6 +132,7 @@ class BatchEvents:
         self.entries: dict[int, dict] = {}
         self.progress = None
         self.done = 0
+        self.saved = 0  # portrait preparations reused
 
     def start_progress(self, todo, *, workers: int, quiet: bool) -> None:
         from ..batch.progress import BatchProgress
@@ -147,6 +148,7 @@ class BatchEvents:
         seconds = result.get("seconds")
         if result["ok"]:
             self.done += 1
+            self.saved += bool(result.get("reused"))
             self.entries[job.row.line] = _entry(job, "done", seconds, None, attempts=job.attempt,
                                                 video_seconds=result.get("video_seconds"),
                                                 portrait_reused=bool(result.get("reused")))
@@ -164,11 +166,11 @@ class BatchEvents:
         if self.progress is not None:
             self.progress.close()
 
-    def finish(self, wall_seconds: float, saved: int) -> int:
+    def finish(self, wall_seconds: float) -> int:
         from ..batch.jobs import summarize, summary_line, write_report
 
         entries = list(self.entries.values())
-        summary = summarize(entries, wall_seconds=wall_seconds, saved_preparations=saved)
+        summary = summarize(entries, wall_seconds=wall_seconds, saved_preparations=self.saved)
         report = write_report(self.out_dir, entries, summary)
         print(summary_line(summary, report), flush=True)
         return 0 if summary["done"] == summary["jobs"] else 1

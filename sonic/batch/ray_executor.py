@@ -69,8 +69,9 @@ class RayExecutor:
                 package_root = str(Path(__file__).resolve().parents[2])
                 path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
                 cpus = int(os.environ["SONIC_BATCH_RAY_CPUS"]) if os.environ.get("SONIC_BATCH_RAY_CPUS") else None
+                env = {k: v for k, v in os.environ.items() if k.startswith("SONIC_")}  # settings and test hooks
                 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True,
-                         runtime_env={"env_vars": {"PYTHONPATH": path}})
+                         runtime_env={"env_vars": {**env, "PYTHONPATH": path}})
             self._started = True
         gpus = int(ray.cluster_resources().get("GPU", 0))
         settings = dict(self.settings, device="cuda" if gpus else "cpu")

@@ -135,6 +135,30 @@ def test_jsonl_rows_override_the_command_line(media, tmp_path):
     assert first.output == "anna__talk0.mp4" and first.audio_seconds == pytest.approx(0.3)
 
 
+def test_longest_audio_first_and_a_worker_keeps_its_portrait(media, tmp_path):
+    from sonic.batch.jobs import longest_first, make_jobs
+    from sonic.batch.local import pick_job
+    from sonic.batch.manifest import job_defaults, read_manifest
+    from sonic.cli import build_parser
+
+    rows = [{"image": "anna.png", "audio": "talk0.wav"}, {"image": "ben.png", "audio": "talk3.wav"},
+            {"image": "anna.png", "audio": "talk2.wav"}, {"image": "ben.png", "audio": "talk1.wav"}]
+    jobs_file = manifest_in(media, tmp_path, rows)
+    args = build_parser().parse_args(["batch", str(jobs_file), "--out-dir", "x", *FAST])
+    jobs = longest_first(make_jobs(read_manifest(jobs_file, job_defaults(args)).rows))
+    assert [j.row.audio_seconds for j in jobs] == pytest.approx([0.6, 0.5, 0.4, 0.3])
+    pending = list(jobs)
+    first = pick_job(pending, None)  # ben/talk3, the longest
+    assert pick_job(pending, first.portrait_key).output == "ben__talk1.mp4"  # same portrait before longer jobs
+    assert pick_job(pending, first.portrait_key).output == "anna__talk2.mp4"  # none left: the longest
+    # The id follows the inputs' bytes and the settings, not the file names.
+    again = make_jobs(read_manifest(jobs_file, job_defaults(args)).rows)
+    assert {j.job_id for j in again} == {j.job_id for j in jobs}
+    args = build_parser().parse_args(["batch", str(jobs_file), "--out-dir", "x", *FAST, "--seed", "1"])
+    assert not {j.job_id for j in make_jobs(read_manifest(jobs_file, job_defaults(args)).rows)} & \
+        {j.job_id for j in jobs}
+
+
 # ---------------------------------------------------------------------------------- running and resuming
 def test_skip_invalid_runs_the_others_and_a_rerun_redoes_only_changed_inputs(media, tmp_path, tiny_zoo):
     rows = [{"image": "anna.png", "audio": f"talk{i}.wav"} for i in range(4)]

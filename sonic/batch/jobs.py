@@ -177,7 +177,9 @@ def write_report(out_dir: Path, entries: list[dict], summary: dict) -> Path:
 def summarize(entries: list[dict], *, wall_seconds: float, saved_preparations: int) -> dict:
     counts = {s: sum(e["status"] == s for e in entries) for s in ("done", "failed", "invalid")}
     return {**counts, "jobs": len(entries), "skipped": sum(bool(e.get("skipped")) for e in entries),
-            "video_seconds": round(sum(e.get("video_seconds") or 0.0 for e in entries if e["status"] == "done"), 3),
+            # made by this run (jobs skipped as done before are not counted)
+            "video_seconds": round(sum(e.get("video_seconds") or 0.0 for e in entries
+                                       if e["status"] == "done" and not e.get("skipped")), 3),
             "wall_seconds": round(wall_seconds, 3), "preparations_saved": saved_preparations}
 
 
@@ -188,6 +190,6 @@ def summary_line(summary: dict, report: Path) -> str:
     for status in ("failed", "invalid"):
         if summary[status]:
             parts.append(f"{summary[status]} {status}")
-    parts.append(f"{summary['video_seconds']:.1f} s of video in {summary['wall_seconds']:.1f} s")
+    parts.append(f"{summary['video_seconds']:.1f} s of video made in {summary['wall_seconds']:.1f} s")
     parts.append(f"{summary['preparations_saved']} portrait preparation(s) saved")
     return "batch: " + ", ".join(parts) + f"; report {report}"

@@ -242,6 +242,8 @@ def test_a_crashed_worker_is_restarted_and_a_failing_job_ends_failed(media, tmp_
     assert record["status"] == "failed" and "SONIC_BATCH_TEST_FAIL" in record["error"]
     assert sorted(p.name for p in out.glob("*.mp4")) == ["j0.mp4", "j1.mp4"]
     check_output(out / "j1.mp4", jobs.parent / "talk1.wav")
+    records = {p: json.loads((out / ".sonic-batch" / "jobs" / f"{got[p]['job_id']}.json").read_text()) for p in (2, 3)}
+    assert records[2]["worker_pid"] != records[3]["worker_pid"]  # j1 finished in a restarted worker
     assert "FAILED j2.mp4 (row 4) after 2 attempt(s)" in result.stdout
     assert leftovers(out) == []
 

@@ -95,4 +95,6 @@ def test_ray_local_cluster_runs_three_jobs_and_survives_a_dead_actor(tmp_path, t
     for index in range(3):
         check_output(out / f"r{index}.mp4", folder / f"talk{index}.wav")
     assert leftovers(out) == []
+    pids = {json.loads(p.read_text())["worker_pid"] for p in (out / ".sonic-batch" / "jobs").glob("*.json")}
+    assert len(pids) == 2  # the actor's process ended once and Ray started another
     assert ray.__version__

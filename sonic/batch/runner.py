@@ -95,7 +95,8 @@ class JobRunner:
         write_mp4(work, out.frames, fps=out.fps, audio=out.audio, sample_rate=out.sample_rate, crf=plan.crf,
                   preset=plan.preset, metadata=metadata)
         seconds = time.perf_counter() - started
-        finish_output(spec, work, seconds, video_seconds=round(out.seconds, 3), portrait_reused=reused)
+        finish_output(spec, work, seconds, video_seconds=round(out.seconds, 3), portrait_reused=reused,
+                      worker_pid=os.getpid())
         _crash_marker(spec).unlink(missing_ok=True)
         return {"seconds": seconds, "video_seconds": out.seconds, "reused": reused}
 

@@ -227,7 +227,8 @@ def test_sigkill_of_the_whole_batch_then_rerun_finishes_every_job_once(media, tm
 
 
 def test_a_crashed_worker_is_restarted_and_a_failing_job_ends_failed(media, tmp_path, tiny_zoo):
-    rows = [{"image": "anna.png", "audio": f"talk{i}.wav", "output": f"j{i}.mp4"} for i in range(3)]
+    # Longest first: j0 (0.6 s), then j2 (fails on every attempt), then j1 (its worker dies once).
+    rows = [{"image": "anna.png", "audio": f"talk{i}.wav", "output": f"j{n}.mp4"} for n, i in enumerate((3, 1, 2))]
     jobs = manifest_in(media, tmp_path, rows)
     out = tmp_path / "out"
     env = sonic_env(SONIC_BATCH_TEST_CRASH="j1.mp4", SONIC_BATCH_TEST_FAIL="j2.mp4")

@@ -164,16 +164,30 @@ def comfy_errors(progress: ComfyProgress | None, *, knobs: str) -> Iterator[None
 
 
 def release_memory(pipe) -> None:
-    """After a heavy stage: give cached device memory back when the policy is not 'keep'."""
-    if getattr(pipe, "memory_policy", "keep") != "keep":
+    """After a heavy stage: give cached device memory back when the policy moves models around."""
+    if _unloads_others(pipe):
         model_management().soft_empty_cache()
 
 
 def make_room(pipe) -> None:
-    """Before a heavy stage on a GPU: evict ComfyUI's other models unless the policy keeps everything."""
+    """Before a heavy stage on a GPU: evict ComfyUI's other models when the policy says so."""
     device = getattr(pipe, "device", None)
     if device is None or getattr(device, "type", "cpu") == "cpu":
         return
-    if getattr(pipe, "memory_policy", "keep") != "keep":
+    if _unloads_others(pipe):
         model_management().unload_all_models()
     model_management().soft_empty_cache()
+
+
+def _unloads_others(pipe) -> bool:
+    from sonic.placement import get_policy
+
+    return get_policy(getattr(pipe, "memory_policy", "keep")).unload_others
+
+
+def config_range(name: str) -> dict:
+    """A widget's min/max from the library's one table of ranges (`sonic.config.RANGES`)."""
+    from sonic.config import RANGES
+
+    low, high = RANGES[name].low, RANGES[name].high
+    return {"min": low, "max": high}

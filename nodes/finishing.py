@@ -98,41 +98,25 @@ class SonicPostProcess:
     def process(self, sonic_model, predata, frames, fps, interpolation, lip_sync="off", smoothing=0.0,
                 colour_match=False, paste_back=False, output_fps=0.0, sync_offset_ms=0.0, feather=DEFAULT_FEATHER_PX,
                 unique_id=None):
-        import torch
-
-        from sonic.pipeline import face_box_in_frame, reference_image, soundtrack_for
+        from sonic.finishing.postprocess import PostProcessOptions
+        from sonic.finishing.tail import finish
 
         progress = ComfyProgress(unique_id)
-        generated = frames.shape[0] == predata.timeline.generated_frames  # Sonic's own frames, not another node's
+        options = None
+        if lip_sync != "off" or smoothing > 0 or colour_match or paste_back or output_fps > 0:
+            options = PostProcessOptions(sync=float(sync_offset_ms) if lip_sync == "manual" else lip_sync,
+                                         smoothing=float(smoothing), colour_match=colour_match, paste_back=paste_back,
+                                         feather_px=int(feather), output_fps=output_fps if output_fps > 0 else None)
         if interpolation:
             make_room(sonic_model)
-            with comfy_errors(progress, knobs=OOM_KNOBS):
-                frames = sonic_model.interpolate(frames, callback=progress)
-            fps = fps * 2
+        with comfy_errors(progress, knobs=OOM_KNOBS):
+            out = finish(sonic_model, predata, frames, interpolate=bool(interpolation), fps=fps, postprocess=options,
+                         callback=progress)
+            if options is None:
+                out = out.collect()
+        if interpolation:
             release_memory(sonic_model)
-        if generated:  # hold the last frame over the final partial 80 ms, so the video ends with its audio
-            held = predata.timeline.held_frames(bool(interpolation))
-            frames = torch.cat([frames, frames[-1:].expand(held, *frames.shape[1:])])
-        soundtrack = soundtrack_for(predata, frames.shape[0] / fps)
-        rate = predata.audio.original_rate
-        wanted = lip_sync != "off" or smoothing > 0 or colour_match or paste_back or output_fps > 0
-        if wanted:
-            from sonic.finishing.postprocess import PostProcessOptions, apply_postprocess
-
-            portrait = predata.portrait
-            sync = float(sync_offset_ms) if lip_sync == "manual" else lip_sync
-            options = PostProcessOptions(sync=sync, smoothing=float(smoothing), colour_match=colour_match,
-                                         paste_back=paste_back, feather_px=int(feather),
-                                         output_fps=output_fps if output_fps > 0 else None)
-            with comfy_errors(progress, knobs=OOM_KNOBS):
-                result = apply_postprocess(frames, fps, soundtrack, rate, options=options,
-                                           reference_crop=reference_image(portrait), crop_box=portrait.crop_box,
-                                           original_image=portrait.original,
-                                           face_box_in_crop=face_box_in_frame(portrait))
-            frames, fps = result.frames, result.fps
-            if result.audio is not None:
-                soundtrack, rate = result.audio, result.sample_rate
-        return (frames.float().cpu().contiguous(), audio_dict(soundtrack, rate), float(fps))
+        return (out.frames.float().cpu().contiguous(), audio_dict(out.audio, out.sample_rate), float(out.fps))
 
 
 # ------------------------------------------------------------------------------ output

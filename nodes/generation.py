@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 from .common import (CATEGORY, SONIC_LATENTS, SONIC_MODEL, SONIC_PREDATA, ComfyProgress, SonicLatents, comfy_errors,
-                     declared_range_problem, make_room, release_memory)
+                     config_range, declared_range_problem, make_room, release_memory)
 
 FACE_MODES = ["detect", "full_image", "box"]
-MAX_SEED = 2**63 - 1
 OOM_KNOBS = ("lower min_resolution, set the loader's memory_policy to 'offload' or 'lowvram', "
              "or use a smaller decode_chunk_size / frames_per_window")
-
-
-def parse_face_box(text: str) -> tuple[float, float, float, float]:
-    """'x1,y1,x2,y2' in input-image pixels -> a tuple; raises ValueError with a usable message."""
-    try:
-        values = tuple(float(v) for v in str(text).replace(" ", "").split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise ValueError(f"face_box must be 'x1,y1,x2,y2' (four numbers, pixels of the input image), got {text!r}")
-    x1, y1, x2, y2 = values
-    if x2 <= x1 or y2 <= y1 or min(values) < 0:
-        raise ValueError(f"face_box {text!r} is empty or negative: need 0 <= x1 < x2 and 0 <= y1 < y2")
-    return values
 
 
 def settings_problem(**settings) -> str | None:
@@ -68,10 +53,10 @@ class SONIC_PreData:
                 "duration": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 3600.0, "step": 0.1,
                                        "tooltip": "Seconds of audio to animate; 0 = the whole audio. Longer than the "
                                                   "audio is an error."}),
-                "min_resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64,
+                "min_resolution": ("INT", {"default": 512, **config_range("min_resolution"), "step": 64,
                                            "tooltip": "Short side of the generated video in pixels (multiples of 64). "
                                                       "512 is the official setting; higher needs much more VRAM."}),
-                "expand_ratio": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 5.0, "step": 0.05,
+                "expand_ratio": ("FLOAT", {"default": 0.5, **config_range("expand_ratio"), "step": 0.05,
                                            "tooltip": "Margin added around the detected face before cropping, as a "
                                                       "fraction of the face size (official 0.5)."}),
             },
@@ -99,9 +84,13 @@ class SONIC_PreData:
         if face not in FACE_MODES:
             return f"face must be one of {FACE_MODES}, got {face!r}"
         if face == "box":
+            from sonic.errors import ParameterError
+            from sonic.inputs.face_box import parse_face_box
+
             try:
-                parse_face_box(face_box)
-            except ValueError as exc:
+                if parse_face_box(face_box) in (None, "full"):
+                    return "face = box needs four numbers x1,y1,x2,y2 in face_box (input-image pixels)"
+            except ParameterError as exc:
                 return str(exc)
         if min_resolution is not None and min_resolution % 64:
             return f"min_resolution must be a multiple of 64 pixels, got {min_resolution}"
@@ -115,6 +104,8 @@ class SONIC_PreData:
         self.check_duration(audio, duration)
         box = {"detect": None, "full_image": "full", "box": None}[face]
         if face == "box":
+            from sonic.inputs.face_box import parse_face_box
+
             box = parse_face_box(face_box)
         try:
             with comfy_errors(None, knobs=OOM_KNOBS):
@@ -154,36 +145,36 @@ class SonicInference:
             "required": {
                 "sonic_model": (SONIC_MODEL, {"tooltip": "From Sonic Model Loader."}),
                 "predata": (SONIC_PREDATA, {"tooltip": "From Sonic Prepare."}),
-                "seed": ("INT", {"default": 72589, "min": 0, "max": MAX_SEED, "step": 1, "control_after_generate": True,
+                "seed": ("INT", {"default": 72589, **config_range("seed"), "step": 1, "control_after_generate": True,
                                  "tooltip": "Random seed of the initial noise (72589 = the official default)."}),
-                "inference_steps": ("INT", {"default": 25, "min": 1, "max": 200, "step": 1,
+                "inference_steps": ("INT", {"default": 25, **config_range("inference_steps"), "step": 1,
                                             "tooltip": "Denoising steps. 25 is official; 15 is a fair preview; more "
                                                        "than 30 rarely helps."}),
-                "dynamic_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01,
+                "dynamic_scale": ("FLOAT", {"default": 1.0, **config_range("dynamic_scale"), "step": 0.01,
                                             "tooltip": "Strength of motion (head and expression) driven by the audio; "
                                                        "1.0 official, 1.1-1.4 livelier."}),
             },
             "optional": {
-                "motion_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "advanced": True,
+                "motion_scale": ("FLOAT", {"default": 1.0, **config_range("motion_scale"), "step": 0.01, "advanced": True,
                                            "tooltip": "Extra factor on head motion only (1.0 = official)."}),
-                "i2i_noise_strength": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "advanced": True,
+                "i2i_noise_strength": ("FLOAT", {"default": 1.0, **config_range("i2i_noise_strength"), "step": 0.01, "advanced": True,
                                                  "tooltip": "Fraction of the noise schedule that is run; 1.0 starts "
                                                             "from pure noise (official)."}),
-                "min_appearance_guidance": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 20.0, "step": 0.1,
+                "min_appearance_guidance": ("FLOAT", {"default": 2.0, **config_range("min_appearance_guidance"), "step": 0.1,
                                                       "advanced": True,
                                                       "tooltip": "Image guidance at the first step (ramps linearly)."}),
-                "max_appearance_guidance": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 20.0, "step": 0.1,
+                "max_appearance_guidance": ("FLOAT", {"default": 2.0, **config_range("max_appearance_guidance"), "step": 0.1,
                                                       "advanced": True,
                                                       "tooltip": "Image guidance at the last step."}),
-                "audio_guidance": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1, "advanced": True,
+                "audio_guidance": ("FLOAT", {"default": 7.5, **config_range("audio_guidance"), "step": 0.1, "advanced": True,
                                              "tooltip": "Audio guidance (official 7.5); higher = stronger lip motion."}),
-                "frames_per_window": ("INT", {"default": 25, "min": 2, "max": 200, "step": 1, "advanced": True,
+                "frames_per_window": ("INT", {"default": 25, **config_range("frames_per_window"), "step": 1, "advanced": True,
                                               "tooltip": "Frames denoised together (official 25). Lower saves VRAM."}),
-                "window_overlap": ("INT", {"default": 0, "min": 0, "max": 199, "step": 1, "advanced": True,
+                "window_overlap": ("INT", {"default": 0, **config_range("window_overlap"), "step": 1, "advanced": True,
                                            "tooltip": "Frames shared by consecutive windows (official 0)."}),
-                "shift_offset": ("INT", {"default": 7, "min": 0, "max": 100, "step": 1, "advanced": True,
+                "shift_offset": ("INT", {"default": 7, **config_range("shift_offset"), "step": 1, "advanced": True,
                                          "tooltip": "How far the window grid moves every step (official 7)."}),
-                "ip_audio_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "advanced": True,
+                "ip_audio_scale": ("FLOAT", {"default": 1.0, **config_range("ip_audio_scale"), "step": 0.01, "advanced": True,
                                              "tooltip": "Weight of the audio cross-attention (official 1.0)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
@@ -231,7 +222,7 @@ class SonicLatentDecoder:
             "required": {
                 "sonic_model": (SONIC_MODEL, {"tooltip": "From Sonic Model Loader."}),
                 "latents": (SONIC_LATENTS, {"tooltip": "From Sonic Inference."}),
-                "decode_chunk_size": ("INT", {"default": 8, "min": 1, "max": 64, "step": 1,
+                "decode_chunk_size": ("INT", {"default": 8, **config_range("decode_chunk_size"), "step": 1,
                                               "tooltip": "Frames per VAE call (official 8). Lower saves VRAM; each "
                                                          "chunk boundary can show a faint seam."}),
             },

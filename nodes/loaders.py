@@ -8,6 +8,8 @@ from pathlib import Path
 
 import folder_paths
 
+from sonic.placement import MEMORY_POLICIES, describe_policies
+
 from .common import CATEGORY, SONIC_MODEL, comfy_errors, model_management, register_model_folder
 from .paths import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, UnsafePathError, file_fingerprint, list_input_files,
                     resolve_media_path)
@@ -17,7 +19,6 @@ SVD_FOLDER_VAE_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pyto
 UNET_MARKERS = ("unet.pth", "unet.safetensors", "Sonic/unet.pth", "Sonic/unet.safetensors")
 FACE_DETECTOR_FILES = ("yoloface_v5m.pt", "Sonic/yoloface_v5m.pt")
 DTYPES = ["auto", "fp16", "bf16", "fp32"]
-MEMORY_POLICIES = ["keep", "offload", "lowvram"]
 AUTO = "auto"
 
 
@@ -77,12 +78,9 @@ class SonicModelLoader:
                 "default": AUTO,
                 "tooltip": "Precision of the UNet, VAE and CLIP. auto: bf16 on GPUs that support it, fp16 on older "
                            "GPUs, fp32 on the CPU. fp16 is refused on the CPU."}),
-            "memory_policy": (MEMORY_POLICIES, {
+            "memory_policy": (list(MEMORY_POLICIES), {
                 "default": "keep",
-                "tooltip": "keep: every model stays on the GPU (fastest, most VRAM). offload: every model, the UNet "
-                           "included, is on the GPU only during its stage (least VRAM between stages and runs). "
-                           "lowvram: ComfyUI's other models are unloaded first; encoders, VAE and RIFE visit the GPU "
-                           "only for their stage while the UNet stays."}),
+                "tooltip": describe_policies()}),
             "face_detector": ([AUTO, "yoloface", "opencv"], {
                 "default": AUTO, "advanced": True,
                 "tooltip": "auto: yoloface_v5m.pt when it is in models/sonic, else OpenCV's built-in detector. "
@@ -252,7 +250,7 @@ class SonicImageLoader:
         import numpy as np
         import torch
 
-        from sonic.inputs.portrait import load_image
+        from sonic.inputs.image import load_image
 
         path = resolve_media_path(image, kind="image")
         # The pipeline's own decoding: 16-bit scaled, transparency over white, grey, EXIF rotation.

@@ -58,6 +58,51 @@ YOLO_CONF_THRESHOLD = 0.5
 YOLO_IOU_THRESHOLD = 0.45
 
 
+# --- Ranges of the numeric settings ------------------------------------------------------------
+@dataclass(frozen=True)
+class Range:
+    """Closed interval of a setting's valid values; the CLI, the library and the nodes read these."""
+
+    low: float
+    high: float
+    unit: str = ""
+
+    def contains(self, value) -> bool:
+        return self.low <= value <= self.high
+
+    def describe(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        return f"between {self.low:g} and {self.high:g}{unit}"
+
+
+RANGES: dict[str, Range] = {
+    "min_resolution": Range(SIZE_MULTIPLE, 2048, "px"),
+    "expand_ratio": Range(0.0, 5.0),
+    "face_mask_area": Range(0.01, 10.0),
+    "inference_steps": Range(1, 1000),
+    "i2i_noise_strength": Range(0.01, 1.0),
+    "dynamic_scale": Range(0.0, 10.0),
+    "motion_scale": Range(0.0, 10.0),
+    "min_appearance_guidance": Range(0.0, 20.0),
+    "max_appearance_guidance": Range(0.0, 20.0),
+    "audio_guidance": Range(0.0, 30.0),
+    "ip_audio_scale": Range(0.0, 10.0),
+    "noise_aug_strength": Range(0.0, 1.0),
+    "fps": Range(1.0, 120.0, "frames per second"),
+    "frames_per_window": Range(1, 1000, "frames"),
+    "window_overlap": Range(0, 999, "frames"),
+    "shift_offset": Range(0, 1000, "frames"),
+    "seed": Range(0, 2**63 - 1),
+    "decode_chunk_size": Range(1, 1000, "frames"),
+}
+
+
+def check_range(name: str, value) -> None:
+    """Raise `ParameterError` unless `value` lies in `RANGES[name]`."""
+    if not RANGES[name].contains(value):
+        raise ParameterError(f"{name} must be {RANGES[name].describe()}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class SonicConfig:
     """Settings of one generation. Defaults reproduce the official Sonic numbers."""
@@ -105,10 +150,6 @@ class SonicConfig:
         """Denoising steps actually run: `min(int(steps * strength), steps)` as in the reference."""
         return min(int(self.inference_steps * self.i2i_noise_strength), self.inference_steps)
 
-    @property
-    def output_fps(self) -> float:
-        return self.fps * 2 if self.interpolate else self.fps
-
     def validate(self) -> "SonicConfig":
         """Raise `ParameterError` naming the first absurd setting; return self when all is well."""
         def need(ok: bool, message: str) -> None:
@@ -127,28 +168,17 @@ class SonicConfig:
             value = getattr(self, name)
             need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
                  f"{name} must be a finite number, got {value!r}")
-        need(64 <= self.min_resolution <= 4096, f"min_resolution must be between 64 and 4096 px, got {self.min_resolution}")
-        need(0 <= self.expand_ratio <= 5, f"expand_ratio must be between 0 and 5, got {self.expand_ratio}")
-        need(self.face_mask_area > 0, f"face_mask_area must be positive, got {self.face_mask_area}")
+        for name in RANGES:
+            check_range(name, getattr(self, name))
         need(self.max_pixels >= 64 * 64, f"max_pixels must be at least 4096, got {self.max_pixels}")
         need(self.max_image_pixels >= 64 * 64,
              f"max_image_pixels must be at least 4096 (a 64x64 picture), got {self.max_image_pixels}")
-        need(1 <= self.inference_steps <= 1000, f"inference_steps must be between 1 and 1000, got {self.inference_steps}")
-        need(0 < self.i2i_noise_strength <= 1, f"i2i_noise_strength must be in (0, 1], got {self.i2i_noise_strength}")
         need(self.run_steps >= 1, (
             f"inference_steps={self.inference_steps} with i2i_noise_strength={self.i2i_noise_strength} leaves "
             f"int({self.inference_steps} * {self.i2i_noise_strength}) = 0 denoising steps; raise inference_steps "
             f"or i2i_noise_strength"))
-        need(0 <= self.dynamic_scale <= 10, f"dynamic_scale must be between 0 and 10, got {self.dynamic_scale}")
-        need(0 <= self.motion_scale <= 10, f"motion_scale must be between 0 and 10, got {self.motion_scale}")
-        need(0 <= self.ip_audio_scale <= 10, f"ip_audio_scale must be between 0 and 10, got {self.ip_audio_scale}")
-        need(0 < self.fps <= 120, f"fps must be in (0, 120], got {self.fps}")
-        need(1 <= self.frames_per_window <= 1000, f"frames_per_window must be between 1 and 1000, got {self.frames_per_window}")
-        need(0 <= self.window_overlap < self.frames_per_window,
-             f"window_overlap must be >= 0 and smaller than frames_per_window ({self.frames_per_window}), got {self.window_overlap}")
-        need(self.shift_offset >= 0, f"shift_offset must be >= 0, got {self.shift_offset}")
-        need(isinstance(self.seed, int) and 0 <= self.seed < 2**63, f"seed must be an integer in [0, 2**63), got {self.seed!r}")
-        need(1 <= self.decode_chunk_size <= 1000, f"decode_chunk_size must be between 1 and 1000, got {self.decode_chunk_size}")
+        need(self.window_overlap < self.frames_per_window,
+             f"window_overlap must be smaller than frames_per_window ({self.frames_per_window}), got {self.window_overlap}")
         need(self.max_audio_seconds is None or (isinstance(self.max_audio_seconds, (int, float))
                                                 and math.isfinite(self.max_audio_seconds) and self.max_audio_seconds > 0),
              f"max_audio_seconds must be positive or None, got {self.max_audio_seconds}")

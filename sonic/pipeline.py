@@ -13,91 +13,32 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
-import numpy as np
 import torch
 
-from .inputs.audio import AudioClip, frame_windows, load_audio, whisper_hidden_states
-from .diffusion.conditioning import AudioConditioning, audio_conditioning
 from .config import LATENT_DOWNSCALE, SonicConfig
-from .diffusion.decode import decode_latents
 from .devices import resolve_device, resolve_dtype
-from .errors import DeviceMemoryError, ParameterError
-from .inputs.portrait import PreparedPortrait, prepare_portrait
+from .diffusion.conditioning import audio_conditioning
+from .diffusion.decode import decode_latents
 from .diffusion.interpolate import iter_double_frame_rate
-from .weights.loading import SonicModels
-from .models.image_models import clip_image_embeds, encode_reference
 from .diffusion.sampler import initial_noise, sample_latents
 from .diffusion.schedule import make_schedule
 from .diffusion.timeline import Timeline
+from .errors import DeviceMemoryError, ParameterError
+from .finishing.tail import finish
+from .inputs.audio import frame_windows, load_audio, whisper_hidden_states
+from .inputs.portrait import PreparedPortrait, prepare_portrait
+from .job import Conditioning, PreparedJob, ProgressCallback, SonicOutput, SonicStream, report_progress
+from .models.image_models import clip_image_embeds, encode_reference
+from .placement import STAGE_MODELS, get_policy, rests_on_device
+from .weights.loading import SonicModels
 
 log = logging.getLogger("sonic")
 
-MEMORY_POLICIES = ("keep", "offload", "lowvram")
 # Advanced sampling settings `sample()` accepts besides steps, strength, seed and noise.
 SAMPLE_SETTINGS = frozenset({"min_appearance_guidance", "max_appearance_guidance", "audio_guidance", "frames_per_window",
                              "window_overlap", "shift_offset", "ip_audio_scale", "fps"})
-
-
-@dataclass(frozen=True)
-class ProgressInfo:
-    """What a progress callback receives: `done` of `total` units of `stage` are finished."""
-
-    stage: str  # "audio", "conditioning", "sampling", "decode", "interpolate"
-    done: int
-    total: int
-
-
-ProgressCallback = Callable[[ProgressInfo], None]
-
-
-@dataclass(frozen=True)
-class PreparedJob:
-    """Inputs checked and prepared on the CPU: nothing heavy has run yet."""
-
-    portrait: PreparedPortrait
-    audio: AudioClip
-    timeline: Timeline
-    config: SonicConfig
-
-
-@dataclass
-class Conditioning:
-    """Everything the sampler needs, on the pipeline's device."""
-
-    job: PreparedJob
-    ref_latent: torch.Tensor  # (1, 4, h, w) VAE mean x 0.18215: the initial-latent anchor
-    image_latent: torch.Tensor  # (1, 4, h, w) VAE mode, unscaled: concat conditioning
-    clip_embeds: torch.Tensor  # (1, Dc)
-    audio: AudioConditioning  # tokens (N, T, Dc), null_tokens (T, Dc), buckets (N, 2)
-    face_mask: torch.Tensor  # (1, 1, H, W) in [0, 1]
-
-    @property
-    def num_frames(self) -> int:
-        return self.job.timeline.generated_frames
-
-
-@dataclass
-class SonicOutput:
-    """A finished generation. `frames` are unquantised float32 [T, H, W, 3] in [0, 1]."""
-
-    frames: torch.Tensor  # (from `stream`: an iterator of [n, H, W, 3] chunks instead)
-    fps: float
-    audio: np.ndarray  # float32 [C, S]: the soundtrack that matches the frames
-    sample_rate: int
-    crop_box: tuple[int, int, int, int]  # region of the input image the video shows (input pixels)
-    timeline: Timeline
-    config: SonicConfig
-    report: dict[str, Any] = field(default_factory=dict)
-    job: PreparedJob | None = None  # the prepared inputs (portrait crop, face box, audio clip)
-
-    @property
-    def seconds(self) -> float:
-        if isinstance(self.frames, torch.Tensor):
-            return self.frames.shape[0] / self.fps
-        return self.timeline.output_frames(self.config.interpolate) / self.fps
 
 
 class SonicPipeline:
@@ -105,14 +46,13 @@ class SonicPipeline:
 
     def __init__(self, models: SonicModels, *, device, dtype, memory_policy: str = "keep",
                  config: SonicConfig | None = None):
-        if memory_policy not in MEMORY_POLICIES:
-            raise ParameterError(f"memory_policy must be one of {MEMORY_POLICIES}, got {memory_policy!r}")
+        get_policy(memory_policy)  # checks the name
         self.models = models
         self.device = torch.device(device)
         self.dtype = dtype
         self.memory_policy = memory_policy
         self.config = (config or SonicConfig()).validate()
-        self._lent: set[int] = set()  # ids of modules `_using` has moved onto the device right now
+        self._lent: set[int] = set()  # ids of modules `_stage` has moved onto the device right now
         self._place_models()
 
     # ----------------------------------------------------------------------------- loading
@@ -134,8 +74,7 @@ class SonicPipeline:
 
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
-        if memory_policy not in MEMORY_POLICIES:
-            raise ParameterError(f"memory_policy must be one of {MEMORY_POLICIES}, got {memory_policy!r}")
+        get_policy(memory_policy)  # checks the name before any weight is read
         models = load_models(models_dir, svd_checkpoint=svd_checkpoint, need_face_detector=face_detector is True,
                              load_face_detector=face_detector is not False, need_interpolation=interpolation)
         return cls(models, device=device, dtype=dtype, memory_policy=memory_policy, config=config)
@@ -149,12 +88,9 @@ class SonicPipeline:
                 if m is not None]
 
     def _home(self, module: torch.nn.Module) -> torch.device:
-        """Where a module rests between stages under the memory policy."""
-        if self.memory_policy == "keep":
-            return self.device
-        if self.memory_policy == "lowvram" and module is self.models.unet:
-            return self.device
-        return torch.device("cpu")
+        """Where a module rests between stages under the memory policy (`sonic.placement`)."""
+        name = next(k for k, m in self._named_models().items() if m is module)
+        return self.device if rests_on_device(self.memory_policy, name) else torch.device("cpu")
 
     def _place_models(self) -> None:
         # torch's own Module.to: diffusers' override warns about fp32 modules on every cast.
@@ -164,9 +100,12 @@ class SonicPipeline:
             torch.nn.Module.to(module, device=self._home(module), dtype=torch.float32).eval().requires_grad_(False)
 
     @contextlib.contextmanager
-    def _using(self, *modules: torch.nn.Module):
-        """Move modules to the device for one stage and back to their resting place after."""
-        moved = [m for m in modules if m is not None and self._home(m) != self.device and id(m) not in self._lent]
+    def _stage(self, stage: str):
+        """Move the models a stage runs (`sonic.placement.STAGE_MODELS`) to the device for the stage
+        and back to their resting place after."""
+        named = self._named_models()
+        modules = [named[name] for name in sorted(STAGE_MODELS[stage][0]) if name in named]
+        moved = [m for m in modules if self._home(m) != self.device and id(m) not in self._lent]
         for m in moved:
             torch.nn.Module.to(m, self.device)
             self._lent.add(id(m))
@@ -222,19 +161,19 @@ class SonicPipeline:
         return PreparedJob(portrait=portrait, audio=clip, timeline=timeline, config=cfg)
 
     def face_detector(self):
-        """The release's yoloface when loaded, else the OpenCV fallback (built on first use)."""
-        if self.models.face_detector is None:
-            from .inputs.face_detectors import HaarFaceDetector
+        """The release's yoloface when loaded, else the process-wide OpenCV fallback."""
+        if self.models.face_detector is not None:
+            return self.models.face_detector
+        from .inputs.face_detectors import default_face_detector
 
-            self.models.face_detector = HaarFaceDetector()
-        return self.models.face_detector
+        return default_face_detector()
 
     @torch.no_grad()
     def encode_portrait(self, job: PreparedJob) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(CLIP embedding, reference latent, image latent) of the job's portrait: the part of
         `encode` that depends only on the portrait, its settings and (with noise_aug_strength) the seed."""
         cfg, portrait, m = job.config, job.portrait, self.models
-        with self._using(m.image_encoder, m.vae):
+        with self._stage("reference"):
             clip_embeds = clip_image_embeds(m.image_encoder, portrait.clip_pixels.to(self.device, self.dtype))
             ref_latent, image_latent = encode_reference(
                 m.vae, portrait.pixels.to(self.device, self.dtype), noise_aug_strength=cfg.noise_aug_strength,
@@ -251,20 +190,20 @@ class SonicPipeline:
                                     if v is not None})
         job = dataclasses.replace(job, config=cfg)
         m = self.models
-        _report(callback, "conditioning", 0, 3)
-        with self._using(m.whisper):
+        report_progress(callback, "conditioning", 0, 3)
+        with self._stage("audio_features"):
             hidden = whisper_hidden_states(m.whisper, job.audio.samples, device=self.device)
         token_windows, bucket_windows = frame_windows(hidden, job.timeline.generated_frames)
-        _report(callback, "conditioning", 1, 3)
+        report_progress(callback, "conditioning", 1, 3)
         portrait = job.portrait
         clip_embeds, ref_latent, image_latent = portrait_encoding or self.encode_portrait(job)
-        _report(callback, "conditioning", 2, 3)
-        with self._using(m.audio2token, m.audio2bucket):
+        report_progress(callback, "conditioning", 2, 3)
+        with self._stage("audio_tokens"):
             # The windows are views of one padded copy; audio_conditioning moves one batch at a time.
             audio = audio_conditioning(m.audio2token, m.audio2bucket, token_windows, bucket_windows,
                                        clip_embeds.float(),
                                        dynamic_scale=cfg.dynamic_scale, motion_scale=cfg.motion_scale)
-        _report(callback, "conditioning", 3, 3)
+        report_progress(callback, "conditioning", 3, 3)
         return Conditioning(job=job, ref_latent=ref_latent.float(), image_latent=image_latent.float(),
                             clip_embeds=clip_embeds.float(), audio=audio,
                             face_mask=portrait.face_mask.to(self.device, torch.float32))
@@ -289,12 +228,11 @@ class SonicPipeline:
         noise = _check_noise(noise, shape) if noise is not None else initial_noise(cfg.seed, shape)
         schedule = make_schedule(self.models.scheduler_config, cfg.inference_steps, cfg.i2i_noise_strength)
         unet = self.models.unet
-        _set_audio_scale(unet, cfg.ip_audio_scale)
 
         def on_call(info) -> None:
-            _report(callback, "sampling", _get(info, "call"), _get(info, "total_calls"))
+            report_progress(callback, "sampling", _get(info, "call"), _get(info, "total_calls"))
 
-        with self._using(unet):
+        with self._stage("sampling"):
             latents = sample_latents(
                 unet, ref_latent=cond.ref_latent, image_latent=cond.image_latent,
                 clip_embeds=cond.clip_embeds, audio_tokens=cond.audio.tokens, null_tokens=cond.audio.null_tokens,
@@ -310,10 +248,10 @@ class SonicPipeline:
             raise ParameterError(f"decode_chunk_size must be between 1 and 1000, got {chunk}")
         total = latents.shape[-4] if latents.dim() == 5 else latents.shape[0]
         done = 0
-        with torch.no_grad(), self._using(self.models.vae):
+        with torch.no_grad(), self._stage("decode"):
             for frames in decode_latents(self.models.vae, latents.to(self.device, self.dtype), chunk_size=chunk):
                 done += frames.shape[0]
-                _report(callback, "decode", done, total)
+                report_progress(callback, "decode", done, total)
                 yield frames
 
     def decode(self, latents: torch.Tensor, *, decode_chunk_size: int | None = None,
@@ -328,11 +266,11 @@ class SonicPipeline:
             raise ParameterError("frame interpolation needs RIFE/flownet.pkl, which was not loaded; "
                                  "pass interpolate=False or load the pipeline with interpolation=True")
         done = 0
-        with torch.no_grad(), self._using(self.models.rife):
+        with torch.no_grad(), self._stage("interpolate"):
             for chunk in iter_double_frame_rate(self.models.rife, frames, device=self.device):
                 done += chunk.shape[0]
                 if total:
-                    _report(callback, "interpolate", done, 2 * total)
+                    report_progress(callback, "interpolate", done, 2 * total)
                 yield chunk
 
     def interpolate(self, frames: torch.Tensor, *, callback: ProgressCallback | None = None) -> torch.Tensor:
@@ -340,47 +278,35 @@ class SonicPipeline:
         return torch.cat(list(self.interpolate_iter(frames, total=frames.shape[0], callback=callback)))
 
     # ----------------------------------------------------------------------------- one call
-    def __call__(self, image, audio, *, face_box=None, face_index=None, crop: bool | None = None,
-                 expand_ratio: float | None = None, min_resolution: int | None = None, duration=None,
-                 inference_steps: int | None = None, dynamic_scale: float | None = None,
-                 motion_scale: float | None = None, i2i_noise_strength: float | None = None, seed: int | None = None,
-                 noise: torch.Tensor | None = None, interpolate: bool | None = None,
-                 decode_chunk_size: int | None = None, callback: ProgressCallback | None = None,
-                 postprocess=None, **advanced) -> SonicOutput:
-        """Generate a talking-head clip.
+    def __call__(self, image, audio, *, postprocess=None, **settings) -> SonicOutput:
+        """Generate a talking-head clip; every frame is held in memory (see `stream` for long clips).
 
         image: path, PIL image, uint8 RGB HxWx3 array or ComfyUI IMAGE tensor.
         audio: path, `(waveform, sample_rate)` (waveform [T] or [C, T]) or ComfyUI AUDIO dict.
         face_box: `(x1, y1, x2, y2)` in input-image pixels (skips detection), or "full" (whole
-            image, no crop). crop: square crop around the face (default True).
+            image, no crop). face_index: which detected face (0 = leftmost; default the largest).
         duration: seconds of audio to use (None/0: all of it; longer than the audio is an error).
         seed: None uses the config seed (72589, the official one); `noise`, a float32 tensor
             (1, N, 4, H/8, W/8), replaces the random draw for exact reproducibility.
         postprocess: a `sonic.finishing.postprocess.PostProcessOptions` (sync calibration, smoothing,
             colour match, paste-back, output fps) applied to the finished frames.
+        Any `SonicConfig` field (crop, expand_ratio, min_resolution, inference_steps, dynamic_scale,
+        motion_scale, i2i_noise_strength, interpolate, decode_chunk_size, ...) overrides the config.
         Returns a `SonicOutput` with frames at 25 fps (12.5 with interpolate=False).
         """
-        if postprocess is not None:
-            interpolate_first = self.config.interpolate if interpolate is None else interpolate
-            out = self(image, audio, face_box=face_box, face_index=face_index, crop=crop, expand_ratio=expand_ratio,
-                       min_resolution=min_resolution, duration=duration, inference_steps=inference_steps,
-                       dynamic_scale=dynamic_scale, motion_scale=motion_scale, i2i_noise_strength=i2i_noise_strength,
-                       seed=seed, noise=noise, interpolate=interpolate_first, decode_chunk_size=decode_chunk_size,
-                       callback=callback, **advanced)
-            return apply_postprocess_to_output(out, postprocess)
-        stream = self.stream(image, audio, face_box=face_box, face_index=face_index, crop=crop,
-                             expand_ratio=expand_ratio, min_resolution=min_resolution, duration=duration,
-                             inference_steps=inference_steps, dynamic_scale=dynamic_scale, motion_scale=motion_scale,
-                             i2i_noise_strength=i2i_noise_strength, seed=seed, noise=noise, interpolate=interpolate,
-                             decode_chunk_size=decode_chunk_size, callback=callback, **advanced)
-        return dataclasses.replace(stream, frames=torch.cat(list(stream.frames)))
+        job, frames, callback = self._generate(image, audio, **settings)
+        out = finish(self, job, frames, interpolate=job.config.interpolate, postprocess=postprocess, callback=callback)
+        return out if isinstance(out, SonicOutput) else out.collect()
 
-    def stream(self, image, audio, *, interpolate: bool | None = None, decode_chunk_size: int | None = None,
-               callback: ProgressCallback | None = None, **kwargs) -> SonicOutput:
-        """Like `__call__` (without post-processing), but `frames` is an iterator of frame chunks
-        produced while they are consumed: decode and interpolation are streamed, so a long video
-        never sits in memory as a whole (e.g. feed it to `sonic.media.video.write_mp4`). The number of
-        frames is known up front: `timeline.output_frames(interpolate)`."""
+    def stream(self, image, audio, **settings) -> SonicStream:
+        """Like `__call__` (without post-processing), but the frames are produced while they are
+        consumed: decode and interpolation are streamed, so a long video never sits in memory as a
+        whole (e.g. feed it to `sonic.media.video.write_mp4`). `num_frames` is known up front."""
+        job, frames, callback = self._generate(image, audio, **settings)
+        return finish(self, job, frames, interpolate=job.config.interpolate, callback=callback)
+
+    def _generate(self, image, audio, *, callback: ProgressCallback | None = None, **kwargs):
+        """prepare -> encode -> sample, then the decoder as a lazy iterator of frame chunks."""
         per_job = {"face_box", "face_index", "duration", "noise", "config", "portrait", "portrait_encoding"}
         fields = {f.name for f in dataclasses.fields(SonicConfig)}
         unknown = sorted(set(kwargs) - per_job - fields)
@@ -389,73 +315,15 @@ class SonicPipeline:
         # One config holds every setting of the run; it is checked here, before any model runs,
         # and the stages below read it from the job.
         overrides = {k: v for k, v in kwargs.items() if k in fields and v is not None}
-        overrides.update({k: v for k, v in dict(interpolate=interpolate, decode_chunk_size=decode_chunk_size).items()
-                          if v is not None})
         cfg = (kwargs.get("config") or self.config).replace(**overrides)
         job = self.prepare(image, audio, face_box=kwargs.get("face_box"), face_index=kwargs.get("face_index"),
                            duration=kwargs.get("duration"), config=cfg, portrait=kwargs.get("portrait"))
         cond = self.encode(job, callback=callback, portrait_encoding=kwargs.get("portrait_encoding"))
         latents = self.sample(cond, noise=kwargs.get("noise"), callback=callback)
-        frames = self.decode_iter(latents, decode_chunk_size=cfg.decode_chunk_size, callback=callback)
-        if cfg.interpolate:
-            frames = self.interpolate_iter(frames, total=job.timeline.generated_frames, callback=callback)
-        frames = _hold_last_frame(frames, job.timeline.held_frames(cfg.interpolate))
-        fps = job.timeline.output_fps(cfg.interpolate)
-        seconds = job.timeline.output_frames(cfg.interpolate) / fps
-        return SonicOutput(frames=frames, fps=fps, audio=soundtrack_for(job, seconds),
-                           sample_rate=job.audio.original_rate, crop_box=tuple(job.portrait.crop_box),
-                           timeline=job.timeline, config=cfg, job=job)
+        return job, self.decode_iter(latents, decode_chunk_size=cfg.decode_chunk_size, callback=callback), callback
 
 
 # --------------------------------------------------------------------------------- helpers
-def soundtrack_for(job: PreparedJob, seconds: float) -> np.ndarray:
-    """The original audio (its rate and channels) cut or zero-padded to exactly `seconds`."""
-    original = job.audio.original
-    wanted = int(round(seconds * job.audio.original_rate))
-    if original.shape[1] >= wanted:
-        return np.ascontiguousarray(original[:, :wanted])
-    return np.pad(original, ((0, 0), (0, wanted - original.shape[1])))
-
-
-def apply_postprocess_to_output(out: SonicOutput, options) -> SonicOutput:
-    from .finishing.postprocess import apply_postprocess
-
-    portrait = out.job.portrait
-    result = apply_postprocess(out.frames, out.fps, out.audio, out.sample_rate, options=options,
-                               reference_crop=reference_image(portrait), crop_box=portrait.crop_box,
-                               original_image=portrait.original, face_box_in_crop=face_box_in_frame(portrait))
-    return dataclasses.replace(out, frames=result.frames, fps=result.fps, audio=result.audio,
-                               sample_rate=result.sample_rate, report={**out.report, "postprocess": result.report})
-
-
-def reference_image(portrait: PreparedPortrait) -> torch.Tensor:
-    """The model-input picture as float32 [H, W, 3] in [0, 1] (what the frames should look like)."""
-    return (portrait.pixels[0].permute(1, 2, 0) * 0.5 + 0.5).clamp(0, 1)
-
-
-def face_box_in_frame(portrait: PreparedPortrait) -> tuple[float, float, float, float]:
-    """The face box in generated-frame pixels (the crop scaled to the model resolution)."""
-    cx1, cy1, cx2, cy2 = portrait.crop_box
-    sx, sy = portrait.width / (cx2 - cx1), portrait.height / (cy2 - cy1)
-    f = portrait.face_box
-    return ((f.x1 - cx1) * sx, (f.y1 - cy1) * sy, (f.x2 - cx1) * sx, (f.y2 - cy1) * sy)
-
-
-def _hold_last_frame(chunks: Iterator[torch.Tensor], copies: int) -> Iterator[torch.Tensor]:
-    """Pass the chunks through, then repeat the very last frame `copies` times."""
-    last = None
-    for chunk in chunks:
-        last = chunk
-        yield chunk
-    if copies > 0 and last is not None:
-        yield last[-1:].expand(copies, *last.shape[1:]).clone()
-
-
-def _report(callback: ProgressCallback | None, stage: str, done: int, total: int) -> None:
-    if callback is not None:
-        callback(ProgressInfo(stage=stage, done=int(done), total=int(total)))
-
-
 def _get(info, key):
     return info[key] if isinstance(info, dict) else getattr(info, key)
 
@@ -469,8 +337,3 @@ def _check_noise(noise: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     if not torch.isfinite(noise).all():
         raise ParameterError("noise contains NaN or infinite values")
     return noise.float()
-
-
-def _set_audio_scale(unet, scale: float) -> None:
-    # Set on every sampling call, so one run's value never leaks into the next.
-    unet.ip_audio_scale = float(scale)

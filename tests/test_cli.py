@@ -130,9 +130,9 @@ def test_cheap_checks_come_before_any_model_loads(media, tmp_path):
         result = run_sonic(*base, *extra)
         assert result.returncode == 2 and message in result.stderr, (extra, result.stderr)
         assert "Traceback" not in result.stderr and "model file(s) missing" not in result.stderr
-    # A negative coordinate is a value, not an option: the run gets as far as the weights check.
+    # A negative coordinate is a value, not an option: the face-box check (before the weights) names it.
     result = run_sonic(*base, "--out", tmp_path / "a.mp4", "--face-box", "-5,0,60,70")
-    assert result.returncode == 2 and "model file(s) missing" in result.stderr, result.stderr
+    assert result.returncode == 2 and "face_box '-5,0,60,70' is empty or negative" in result.stderr, result.stderr
     assert list(tmp_path.glob("*.mp4")) == [tmp_path / "folder.mp4"]
 
 
@@ -167,7 +167,7 @@ def test_sigterm_leaves_no_partial_output(tiny_zoo, media, tmp_path):
 
 
 def test_sync_summary_lines():
-    from sonic.cli import postprocess_summary
+    from sonic.commands.generate import postprocess_summary
 
     assert postprocess_summary({}) == []
     assert postprocess_summary({"sync": {"mode": "manual", "applied_shift_ms": 40.0}}) == [

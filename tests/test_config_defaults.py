@@ -53,8 +53,6 @@ def test_every_field_is_covered_or_deliberately_ours():
 def test_derived_defaults():
     config = SonicConfig()
     assert config.run_steps == 25  # all 25 steps from sigma_max (strength 1.0)
-    assert config.output_fps == 25.0  # 2 x 12.5 with RIFE
-    assert config.replace(interpolate=False).output_fps == 12.5
     # frame_num 10000 silently cut the official audio at 400 s; ours uses it all unless asked.
     assert config.max_audio_seconds is None
     assert config.validate() is config
@@ -105,6 +103,18 @@ def test_replace_refuses_unknown_names_and_bad_values_without_changing_anything(
     config = SonicConfig()
     with pytest.raises(ParameterError, match=r"unknown setting.*'sed'.*valid:.*'seed'"):
         config.replace(sed=1)
-    with pytest.raises(SonicError, match="shift_offset must be >= 0"):
+    with pytest.raises(SonicError, match="shift_offset must be between 0 and 1000 frames, got -1"):
         config.replace(shift_offset=-1)
     assert config == SonicConfig()
+
+
+def test_every_range_is_enforced_at_both_ends_and_the_defaults_lie_inside():
+    from sonic.config import RANGES
+
+    config = SonicConfig()
+    for name, span in RANGES.items():
+        assert span.contains(getattr(config, name)), name
+        step = 1 if isinstance(span.low, int) else 1e-3
+        for bad in (span.low - step, span.high + step):
+            with pytest.raises(ParameterError, match=f"{name} must be {span.describe()}"):
+                config.replace(**{name: type(span.low)(bad)})

@@ -13,7 +13,8 @@ from PIL import Image
 
 from sonic.config import CLIP_MEAN, CLIP_STD
 from sonic.errors import FaceNotFoundError, ImageError, ParameterError
-from sonic.inputs.portrait import (face_mask_bounds, fit_min_resolution, load_image, model_resolution, prepare_portrait,
+from sonic.inputs.image import load_image
+from sonic.inputs.portrait import (face_mask_bounds, fit_min_resolution, model_resolution, prepare_portrait,
                         square_crop_box)
 from sonic.inputs.face_detectors import FaceBox
 

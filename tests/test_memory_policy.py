@@ -17,30 +17,31 @@ from conftest import FACE, SR, speech_like
 from sonic.errors import DeviceMemoryError, Interrupted
 from sonic.weights.loading import load_models
 from sonic.pipeline import SonicPipeline
+from sonic.placement import MODELS, POLICIES, STAGE_MODELS, expected_resident
 
 EVERYTHING = {"unet", "vae", "image_encoder", "whisper", "audio2token", "audio2bucket", "rife"}
 SMALL = dict(face_box=FACE, min_resolution=64, inference_steps=1, seed=4)
-# The network that runs -> the models each policy documents on the device at that moment. Decode and
-# RIFE are streamed into each other (one chunk at a time), so while the decoder is alive both the VAE
-# and RIFE (12 MB) are on the device; RIFE's last batch may run after the decoder has finished.
-RUNNING = {
-    "whisper": ({"whisper"}, {"whisper"}),
-    "image_encoder": ({"image_encoder", "vae"}, {"image_encoder", "vae"}),  # CLIP and VAE encode: one stage
-    "vae_encoder": ({"image_encoder", "vae"}, {"image_encoder", "vae"}),
-    "audio2token": ({"audio2token", "audio2bucket"}, {"audio2token", "audio2bucket"}),
-    "unet": ({"unet"}, {"unet"}),
-    "vae_decoder": ({"vae", "rife"}, {"vae", "rife"}),
-    "rife": ({"rife"}, {"vae", "rife"}),
-}
+# The network that runs -> the pipeline stage it belongs to; `sonic.placement` says which models may
+# be on the device in each stage under each policy.
+STAGE_OF = {"whisper": "audio_features", "image_encoder": "reference", "vae_encoder": "reference",
+            "audio2token": "audio_tokens", "unet": "sampling", "vae_decoder": "decode", "rife": "interpolate"}
+# What the README and the node tooltip promise, written out once more as the specification.
 RESTING = {"keep": EVERYTHING, "offload": set(), "lowvram": {"unet"}}
 
 
 def allowed_on_device(policy: str, running: str) -> tuple[set[str], set[str]]:
     """(models that must be on the device, models that may be) while `running` runs."""
-    if policy == "keep":
-        return EVERYTHING, EVERYTHING
-    least, most = RUNNING[running]
-    return RESTING[policy] | least, RESTING[policy] | most
+    return expected_resident(policy, STAGE_OF[running])
+
+
+def test_the_placement_table_is_the_documented_one():
+    assert set(MODELS) == EVERYTHING
+    assert {name: set(p.resting_on_device) for name, p in POLICIES.items()} == RESTING
+    # ComfyUI evicts its other models exactly when Sonic's models move around.
+    assert {name: p.unload_others for name, p in POLICIES.items()} == {"keep": False, "offload": True, "lowvram": True}
+    for policy in RESTING:
+        for stage, (least, most) in STAGE_MODELS.items():
+            assert expected_resident(policy, stage) == (RESTING[policy] | least, RESTING[policy] | most)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_policies_put_exactly_the_documented_models_on_the_device_and_agree(mode
         finally:
             for handle in handles:
                 handle.remove()
-        assert {name for name, _ in log} == set(RUNNING)  # every network ran and was observed
+        assert {name for name, _ in log} == set(STAGE_OF)  # every network ran and was observed
         for name, on_device in log:
             least, most = allowed_on_device(policy, name)
             assert least <= on_device <= most, (policy, name, sorted(on_device))
@@ -114,12 +115,3 @@ def test_out_of_memory_in_a_stage_names_the_settings_to_change(models, portrait)
     assert "ran out of memory" in message and "--memory-policy lowvram" in message
     assert "decode_chunk_size" in message and "min_resolution" in message
     assert pipe.resident_modules() == {"unet"}
-
-
-def test_bench_documents_the_same_placement():
-    from sonic.tools.bench import expected_resident
-
-    for policy in ("keep", "offload", "lowvram"):
-        assert expected_resident(policy, "sampling") == allowed_on_device(policy, "unet")
-        assert expected_resident(policy, "decode") == allowed_on_device(policy, "vae_decoder")
-        assert expected_resident(policy, "interpolate") == allowed_on_device(policy, "rife")

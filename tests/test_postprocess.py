@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from sonic.errors import ParameterError
-from sonic.finishing.postprocess import (DEFAULT_SMOOTHING_STRENGTH, PostProcessOptions, apply_postprocess, convert_fps,
-                               flicker_statistic, match_colour, mean_lab, paste_back, shift_audio, smooth_motion)
+from sonic.finishing.audio_shift import shift_audio
+from sonic.finishing.colour import match_colour, mean_lab
+from sonic.finishing.frame_rate import convert_fps
+from sonic.finishing.paste_back import paste_back
+from sonic.finishing.postprocess import PostProcessOptions, apply_postprocess
+from sonic.finishing.smoothing import DEFAULT_SMOOTHING_STRENGTH, flicker_statistic, smooth_motion
 from test_sync import FPS, MOUTH_BOX, SAMPLE_RATE, SIZE, offset_audio, run_check_sync, speech_like_audio, talking_frames
 
 FACE_BOX = (84, 26, 140, 92)  # px: the astronaut's face, forehead to chin, in the SIZE x SIZE portrait

@@ -40,7 +40,7 @@ class StandInUNet(torch.nn.Module):
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
         self.calls: list[tuple[int, int]] = []
 
-    def forward(self, sample, timestep, clip_context, audio_context, added_time_ids, face_mask):
+    def forward(self, sample, timestep, clip_context, audio_context, added_time_ids, face_mask, audio_scale=1.0):
         batch, frames, _, h, w = sample.shape
         self.calls.append((batch, frames))
         x = self.conv(sample.flatten(0, 1))
@@ -257,8 +257,9 @@ def test_one_window_reproduces_the_official_unet_call(golden_unet):
     ids = inp["added_time_ids"][0]
     recorded = []
 
-    def recording_unet(*args):
-        v = golden_unet(*args)
+    def recording_unet(*args, **kwargs):
+        assert kwargs == {"audio_scale": 1.0}
+        v = golden_unet(*args, **kwargs)
         recorded.append((args, v))
         return v
 

@@ -246,12 +246,9 @@ def test_transformer_traces_without_graph_breaks(unet):
 def test_audio_scale_zero_removes_the_audio(unet, generic_run):
     inputs, _, with_audio, _ = generic_run
     other_audio = dict(inputs, encoder_hidden_states_audio=torch.randn_like(inputs["encoder_hidden_states_audio"]))
-    try:
-        unet.ip_audio_scale = 0.0
-        silent, silent_other = call(unet, inputs), call(unet, other_audio)
-    finally:
-        unet.ip_audio_scale = 1.0
+    silent, silent_other = call(unet, inputs, audio_scale=0.0), call(unet, other_audio, audio_scale=0.0)
     assert torch.equal(silent, silent_other)
+    assert torch.equal(call(unet, inputs), with_audio)  # no state left behind: the next call uses 1.0 again
     assert (silent - with_audio).abs().max() > 1e-2
 
 

@@ -13,7 +13,7 @@ from conftest import GOLDEN, MANIFESTS, load_golden
 
 from sonic.errors import WeightsError
 from sonic.weights import (HINTS, check_state_dict, convert_checkpoints, convert_file, find_model_files,
-                           identify_weights, load_strict, load_torchscript, read_safetensors_metadata,
+                           identify_weights, load_strict, read_safetensors_metadata,
                            read_state_dict, rife_state_dict, safetensors_digests, shapes_of, state_dict_digests,
                            unsafe_pickle_globals)
 
@@ -236,27 +236,6 @@ def test_rife_prefix_rule():
     assert rife_state_dict(stripped).keys() == stripped.keys()
     with pytest.raises(WeightsError, match="`module.` prefix"):
         check_state_dict(released, shapes_of(stripped), path="flownet.pkl", what="RIFE", hints=HINTS["rife"])
-
-
-# ------------------------------------------------------------------------------ TorchScript
-def test_load_torchscript_errors(tmp_path):
-    torch.save({"a": torch.zeros(1)}, tmp_path / "state.pt")
-    with pytest.raises(WeightsError, match="not a TorchScript archive"):
-        load_torchscript(tmp_path / "state.pt", "YOLOv5-face detector")
-    (tmp_path / "noise.pt").write_bytes(random.Random(1).randbytes(1000))
-    with pytest.raises(WeightsError, match="damaged"):
-        load_torchscript(tmp_path / "noise.pt", "YOLOv5-face detector")
-    from sonic.tools.zoo import write_tiny_face_detector
-
-    good = write_tiny_face_detector(tmp_path / "yoloface_v5m.pt")
-    data = good.read_bytes()
-    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(WeightsError, match="damaged"):
-        load_torchscript(tmp_path / "cut.pt", "YOLOv5-face detector")
-    model = load_torchscript(good, "YOLOv5-face detector")
-    grids = [torch.zeros(1, 1, 416 // s, 320 // s, 2) for s in (8, 16, 32)]
-    pred = model(torch.zeros(1, 3, 416, 320), grids)
-    assert pred.shape == (1, 1, 16) and pred[0, 0, 0].item() == 160 and pred[0, 0, 1].item() == 208
 
 
 # ------------------------------------------------------------------------------ convert

@@ -11,7 +11,7 @@ from conftest import GOLDEN, load_golden
 
 from sonic.errors import ParameterError, WeightsError
 from sonic.weights import (BUILTIN_SVD_CONFIGS, HINTS, check_state_dict, convert_checkpoints, find_model_files,
-                           load_torchscript, read_state_dict, rife_state_dict, safetensors_digests, shapes_of)
+                           read_state_dict, rife_state_dict, safetensors_digests, shapes_of)
 from sonic.tools.zoo import write_tiny_zoo
 
 
@@ -88,15 +88,15 @@ def test_comfyui_layout_is_found_from_models_and_from_models_sonic(zoos):
         assert files.face_detector is None
 
 
-def test_tiny_face_detector_is_torchscript_with_the_release_signature(zoos):
+def test_tiny_face_detector_is_a_yoloface_archive_read_without_running(zoos):
+    from sonic.inputs.face_detectors import YoloFaceDetector
+
     official, _ = zoos
-    model = load_torchscript(official / "yoloface_v5m.pt", "YOLOv5-face detector")
+    detector = YoloFaceDetector.from_file(official / "yoloface_v5m.pt")  # our network, the file's tensors
     h1, w1 = 448, 416
-    grids = [torch.zeros(1, 1, h1 // s, w1 // s, 2) for s in (8, 16, 32)]
-    pred = model(torch.rand(1, 3, h1, w1), grids)
-    assert pred.shape == (1, 1, 16)
-    cx, cy, w, h, obj, cls = (pred[0, 0, i].item() for i in (0, 1, 2, 3, 4, 15))
-    assert (cx, cy) == (w1 / 2, h1 / 2) and 0 < w < w1 and 0 < h < h1 and obj * cls > 0.5
+    pred = detector.model(torch.rand(1, 3, h1, w1))
+    assert pred.shape == (1, 3 * sum((h1 // s) * (w1 // s) for s in (8, 16, 32)), 16)
+    assert 0 <= pred[..., 4].min() and pred[..., 4].max() <= 1  # objectness is a probability
 
 
 def test_tiny_clip_loads_strictly_in_transformers_and_is_deterministic(zoos):

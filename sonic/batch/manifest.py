@@ -85,13 +85,14 @@ def job_defaults(args) -> dict:
 
 def plan_from_options(options: dict) -> JobPlan:
     """Check a row's options as `generate` checks its flags (`SonicError` on a bad value)."""
-    from ..commands.generate import config_from_args, parse_face_box, postprocess_options
+    from ..commands.generate import config_from_args, postprocess_options
+    from ..inputs.face_box import parse_face_box
     from ..media.video import check_encoder_settings
 
     args = SimpleNamespace(**options)
     config = config_from_args(args)
     check_encoder_settings(args.crf, args.preset)
-    face_box = parse_face_box(args.face_box) if args.face_box else None
+    face_box = parse_face_box(args.face_box)
     return JobPlan(config=config, face_box=face_box, face_index=args.face_index, duration=args.duration,
                    postprocess=postprocess_options(args), crf=args.crf, preset=args.preset)
 
@@ -255,7 +256,7 @@ def _output_problem(output: str) -> str | None:
 
 
 def _decode_image(path: Path, max_image_pixels) -> str | None:
-    from ..inputs.portrait import load_image
+    from ..inputs.image import load_image
 
     if not path.is_file():
         return f"image {path} not found"

@@ -7,10 +7,8 @@ import sys
 HELP = "speed and memory benchmark (see BENCHMARKS.md)"
 DESCRIPTION = "Speed and memory benchmark of the whole pipeline, stage by stage (random weights or a real folder)."
 
-ATTENTION_BACKENDS = ("auto", "math", "flash", "efficient", "cudnn")
-MEMORY_POLICIES = ("keep", "offload", "lowvram")
-SIZES = ("auto", "full", "tiny")
-WARMUP_STEPS = 2
+from ..placement import MEMORY_POLICIES
+from ..tools.bench_settings import ATTENTION_BACKENDS, SIZES, WARMUP_STEPS
 
 
 def add_arguments(parser) -> None:

@@ -35,7 +35,12 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..media.probe import probe, read_video
-    from ..sync.measure import check_plot_path, measure_sync, plot_lag_curves, ANALYSIS_HEIGHT
+    from ..sync.measure import (
+        ANALYSIS_HEIGHT,
+        check_plot_path,
+        measure_sync,
+        plot_lag_curves,
+    )
 
     mouth_box = None
     if args.mouth_box:

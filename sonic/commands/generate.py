@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from ..placement import MEMORY_POLICIES, describe_policies
+
 HELP = "portrait + audio -> lip-synced MP4"
 
 
@@ -26,8 +28,7 @@ def add_model_options(parser) -> None:
     """Options of the models (the same for every job of a batch)."""
     parser.add_argument("--svd-checkpoint", help="SVD-xt single file (svd_xt.safetensors) instead of the diffusers folder")
     parser.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
-    parser.add_argument("--memory-policy", default="keep", choices=["keep", "offload", "lowvram"],
-                        help="keep models on the GPU, offload between stages, or low-VRAM")
+    parser.add_argument("--memory-policy", default="keep", choices=MEMORY_POLICIES, help=describe_policies())
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet (faster sampling on GPUs after a one-off compile)")
 
@@ -61,14 +62,15 @@ def add_job_options(parser) -> None:
 
 def run(args) -> int:
     from ..inputs.audio import load_audio
-    from ..inputs.portrait import load_image
+    from ..inputs.face_box import parse_face_box
+    from ..inputs.image import load_image
     from ..media.video import check_encoder_settings, check_output_path
     from ..weights import find_model_files
 
     # Everything that can be checked cheaply is checked before any model loads.
     out_path = check_output_path(args.out, args.overwrite)
     check_encoder_settings(args.crf, args.preset)
-    face_box = parse_face_box(args.face_box) if args.face_box else None
+    face_box = parse_face_box(args.face_box)
     postprocess = postprocess_options(args)
     config = config_from_args(args)
     find_model_files(args.models, need_interpolation=config.interpolate, svd_checkpoint=args.svd_checkpoint,
@@ -79,8 +81,8 @@ def run(args) -> int:
 
     import torch
 
-    from ..pipeline import SonicPipeline
     from ..media.video import write_mp4
+    from ..pipeline import SonicPipeline
 
     started = time.perf_counter()
     progress = StageProgress(enabled=not args.quiet)
@@ -100,14 +102,11 @@ def run(args) -> int:
                   preset=args.preset, metadata=metadata, overwrite=args.overwrite)
     finally:
         progress.close()
-    num_frames = out.frames.shape[0] if isinstance(out.frames, torch.Tensor) else out.timeline.output_frames(
-        out.config.interpolate)
-    width, height = out.job.portrait.width, out.job.portrait.height
+    # Paste-back makes the frames the input picture's size; otherwise they are the model's.
+    height, width = out.frames.shape[1:3] if postprocess else (out.job.portrait.height, out.job.portrait.width)
     seconds = time.perf_counter() - started
     peak = peak_memory_summary(torch, pipe.device)
-    if isinstance(out.frames, torch.Tensor):
-        height, width = out.frames.shape[1:3]
-    print(f"wrote {out_path}: {num_frames} frames at {out.fps:g} fps = {num_frames / out.fps:.2f} s of video, "
+    print(f"wrote {out_path}: {out.num_frames} frames at {out.fps:g} fps = {out.seconds:.2f} s of video, "
           f"{width}x{height} px, in {seconds:.1f} s ({peak})")
     for line in postprocess_summary(out.report.get("postprocess") or {}):
         print(line)
@@ -143,20 +142,6 @@ def sync_summary(entry: dict) -> str:
     if "note" in entry:
         return f"sync: {entry['note']}; {measured}"
     return f"sync: soundtrack shifted by {shift:+.0f} ms ({measured})"
-
-
-def parse_face_box(text: str):
-    from ..errors import ParameterError
-
-    if text.strip().lower() == "full":
-        return "full"
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise ParameterError(f"--face-box must be X1,Y1,X2,Y2 (four numbers) or 'full', got {text!r}")
-    return values
 
 
 def postprocess_options(args):

@@ -7,7 +7,9 @@ HELP = "write a tiny random-weight model folder (for trying the tools)"
 
 def add_arguments(parser) -> None:
     parser.add_argument("dest", help="folder to write (created)")
-    parser.add_argument("--layout", default="official", choices=["official", "comfyui"])
+    from ..weights.locate import LAYOUTS, OFFICIAL_LAYOUT
+
+    parser.add_argument("--layout", default=OFFICIAL_LAYOUT, choices=LAYOUTS, help="folder layout to write")
     parser.add_argument("--svd-single-file", action="store_true",
                         help="put the SVD VAE + CLIP in checkpoints/svd_xt.safetensors (original layout)")
 

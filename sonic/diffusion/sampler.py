@@ -166,7 +166,7 @@ def sample_latents(unet: Callable[..., torch.Tensor], *, ref_latent: torch.Tenso
     """Denoise the whole clip; returns float32 latents (1, N, C, h, w) (scaled by 0.18215, as ref_latent).
 
     unet: `unet(sample (B,F,2C,h,w), timestep (0-d), clip_context (B*F,1,Dc), audio_context (B*F,T,Dc),
-    added_time_ids (B,3), face_mask) -> (B,F,C,h,w)` v-prediction.
+    added_time_ids (B,3), face_mask, audio_scale=...) -> (B,F,C,h,w)` v-prediction.
     ref_latent: (1,C,h,w) scaled VAE mean (initial latents = ref + sigma_start*noise).
     image_latent: (1,C,h,w) unscaled concat latent. clip_embeds (1,Dc); audio_tokens (N,T,Dc);
     null_tokens (T,Dc); buckets (N,2) [motion, expression], already scaled; face_mask (1,1,H,W)
@@ -221,7 +221,7 @@ def _sample(unet, *, ref_latent, image_latent, clip_embeds, audio_tokens, null_t
             frame_idx = indices[step, window]
             x_win = latents.index_select(1, frame_idx)  # from the start-of-step latents
             sample, clip_ctx, audio_ctx, time_ids = branches.window_inputs(scale_model_input(x_win, sigma), frame_idx)
-            v = unet(sample, timesteps[step], clip_ctx, audio_ctx, time_ids, mask)
+            v = unet(sample, timesteps[step], clip_ctx, audio_ctx, time_ids, mask, audio_scale=config.ip_audio_scale)
             if tuple(v.shape) != (NUM_BRANCHES, *x_win.shape[1:]):
                 raise RuntimeError(f"the UNet returned shape {tuple(v.shape)}; expected "
                                    f"{(NUM_BRANCHES, *x_win.shape[1:])} (3 branches x F frames v-prediction)")

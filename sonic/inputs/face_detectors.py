@@ -3,9 +3,10 @@
 Two detectors share one tiny protocol, `detect(rgb) -> list[FaceBox]` (boxes in the pixels of
 the image given, best score first):
 
-* `YoloFaceDetector` wraps the release's `yoloface_v5m.pt` TorchScript archive and reproduces
-  the official call convention and post-processing exactly (so crops and masks match the
-  official ones).
+* `YoloFaceDetector` runs the release's `yoloface_v5m.pt` weights in our own YOLOv5-face
+  network (`sonic.models.yoloface`; the archive's TorchScript program is never run, only its
+  tensors are read) and reproduces the official call convention and post-processing exactly
+  (so crops and masks match the official ones).
 * `HaarFaceDetector` is the offline fallback that needs no download: OpenCV's frontal-face
   Haar cascade (shipped by opencv-python 4.x wheels). It finds clear frontal faces; its boxes
   are placed differently from YOLO's, so results differ slightly from the official ones.
@@ -16,9 +17,9 @@ left with `face_index`, or the official (buggy) choice with `official_face_selec
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -131,10 +132,10 @@ def non_max_suppression(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold
 
 
 class YoloFaceDetector:
-    """The official face detector: a YOLOv5m-face TorchScript module called as `model(img, grids)`.
+    """The official face detector: a YOLOv5m-face network called as `model(img, grids)`.
 
-    `model` is the loaded archive (see `from_file`) or any scripted module with the same call
-    convention: `img` float32 (1,3,h1,w1) RGB in [0,1], `grids` the three cell-index grids of
+    `model` is our `YoloFace` with the release tensors (see `from_file`) or any module with the
+    same call convention: `img` float32 (1,3,h1,w1) RGB in [0,1], `grids` the three cell-index grids of
     `make_yolo_grids`, result (1, K, 16) with columns [cx, cy, w, h, obj_conf, 10 landmark
     coordinates, cls_conf] in input pixels. Post-processing follows the official YOLOv5-face
     NMS: obj_conf > 0.5, then obj_conf*cls_conf > 0.5, cxcywh -> xyxy, NMS at IoU 0.45.
@@ -150,19 +151,12 @@ class YoloFaceDetector:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "YoloFaceDetector":
-        """Load `yoloface_v5m.pt` (a TorchScript archive, not a pickle: no code runs on load)."""
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise WeightsError(f"face detector file not found: {path!r}. Download yoloface_v5m.pt from the Sonic "
-                               f"release into the Sonic models folder, or omit it to use the built-in OpenCV detector")
-        try:
-            with warnings.catch_warnings():  # torch >= 2.10 marks TorchScript deprecated; the archive is one
-                warnings.simplefilter("ignore", FutureWarning)
-                model = torch.jit.load(path, map_location=torch.device(device))
-        except Exception as exc:  # torch raises RuntimeError/ValueError variants for bad archives
-            raise WeightsError(f"{path!r} is not a TorchScript face detector ({type(exc).__name__}: {exc}). "
-                               f"Re-download yoloface_v5m.pt from the Sonic release") from exc
-        return cls(model, device)
+        """Load `yoloface_v5m.pt` into our own YOLOv5-face network; nothing in the file runs.
+
+        The TorchScript archive's program is never loaded: only its tensors are read (see
+        `sonic.weights.torchscript`) and loaded strictly into `sonic.models.yoloface.YoloFace`.
+        """
+        return cls(load_yoloface_network(path), device)
 
     def grids_for(self, h1: int, w1: int) -> list[torch.Tensor]:
         """Cell-index grids for an (h1, w1) input, built once per size and kept on the device."""
@@ -239,20 +233,8 @@ class HaarFaceDetector:
 
     def __init__(self, cascade_path: str | os.PathLike | None = None, *, scale_factor: float = 1.1,
                  min_neighbors: int = 5, min_face_fraction: float = 0.08, max_side: int = 1280) -> None:
-        import cv2
 
-        path = os.fspath(cascade_path) if cascade_path is not None else default_haar_cascade_path()
-        if path is None or not os.path.isfile(path):
-            where = f"{path!r} does not exist" if path is not None else (
-                f"this OpenCV {cv2.__version__} ships no Haar cascades (OpenCV 5 wheels have none)")
-            raise WeightsError(
-                f"the built-in face detector needs OpenCV's {HAAR_CASCADE_FILE}, but {where}. Fixes: "
-                f"install OpenCV 4 (pip install \"opencv-python<5\"), or give the face box yourself "
-                f"(face_box=(x1, y1, x2, y2), CLI --face-box), or place yoloface_v5m.pt from the Sonic release "
-                f"in the models folder to use the official detector")
-        self.cascade = cv2.CascadeClassifier(path)
-        if self.cascade.empty():
-            raise WeightsError(f"OpenCV could not read the Haar cascade {path!r}; reinstall opencv-python<5")
+        self.cascade = haar_cascade(None if cascade_path is None else os.fspath(cascade_path))
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
         self.min_face_fraction = min_face_fraction
@@ -277,12 +259,62 @@ class HaarFaceDetector:
         return sorted(faces, key=lambda f: f.score, reverse=True)
 
 
+@functools.lru_cache(maxsize=4)
+def haar_cascade(cascade_path: str | None = None):
+    """OpenCV's frontal-face cascade (or the one at `cascade_path`), read once per process."""
+    import cv2
+
+    path = cascade_path if cascade_path is not None else default_haar_cascade_path()
+    if path is None or not os.path.isfile(path):
+        where = f"{path!r} does not exist" if path is not None else (
+            f"this OpenCV {cv2.__version__} ships no Haar cascades (OpenCV 5 wheels have none)")
+        raise WeightsError(
+            f"the built-in face detector needs OpenCV's {HAAR_CASCADE_FILE}, but {where}. Fixes: "
+            f"install OpenCV 4 (pip install \"opencv-python<5\"), or give the face box yourself "
+            f"(face_box=(x1, y1, x2, y2), CLI --face-box), or place yoloface_v5m.pt from the Sonic release "
+            f"in the models folder to use the official detector")
+    cascade = cv2.CascadeClassifier(path)
+    if cascade.empty():
+        raise WeightsError(f"OpenCV could not read the Haar cascade {path!r}; reinstall opencv-python<5")
+    return cascade
+
+
+@functools.lru_cache(maxsize=1)
+def default_face_detector() -> HaarFaceDetector:
+    """The offline Haar detector with its portrait settings, built once per process."""
+    return HaarFaceDetector()
+
+
+def load_yoloface_network(path: str | os.PathLike, what: str = "yoloface_v5m.pt face detector"):
+    """The release detector's tensors in our `YoloFace` network (strict; a tiny test pass checks the wiring)."""
+    from ..models.yoloface import STRIDES, release_names, yoloface_from_state_dict
+    from ..weights.reading import check_is_file
+    from ..weights.torchscript import read_torchscript_tensors
+
+    tensors = read_torchscript_tensors(path, what)
+    try:
+        model = yoloface_from_state_dict(release_names(tensors))
+        with torch.inference_mode():
+            pred = model(torch.zeros(1, 3, 64, 64))
+        if pred.shape != (1, model.model[-1].na * sum((64 // s) ** 2 for s in STRIDES), 16):
+            raise ValueError(f"it gives {tuple(pred.shape)} rows for a 64x64 input")
+    except (KeyError, ValueError, RuntimeError) as exc:  # missing tensor, wrong shapes, strict-load mismatch
+        detail = (str(exc).strip().splitlines() or [""])[0][:300]  # torch's strict-load text spans many lines
+        sample = ", ".join(sorted(tensors)[:4])
+        raise WeightsError(
+            f"{what} file {check_is_file(path, what)} is not a YOLOv5-face detector ({type(exc).__name__}: "
+            f"{detail}; it has {len(tensors)} tensors, e.g. {sample}). "
+            f"Download yoloface_v5m.pt from the Sonic release again, or remove it to use the built-in OpenCV "
+            f"detector") from None
+    return model
+
+
 def load_face_detector(yoloface_path: str | os.PathLike | None = None,
                        device: str | torch.device = "cpu") -> FaceDetector:
     """The official YOLO detector when its file is given, else the offline Haar detector."""
     if yoloface_path is not None:
         return YoloFaceDetector.from_file(yoloface_path, device)
-    return HaarFaceDetector()
+    return default_face_detector()
 
 
 # --- choosing one face --------------------------------------------------------------------

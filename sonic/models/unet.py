@@ -28,17 +28,17 @@ class SonicUNet(nn.Module):
     """Sonic's video UNet. Build it with `build_sonic_unet`.
 
     Call: `unet(sample, timestep, clip_context, audio_context, added_time_ids, face_mask) -> v`, see
-    `forward`. `ip_audio_scale` (attribute) weights the audio attention in every attn2 layer.
+    `forward`. The audio attention weight (`ip_audio_scale`) is a forward argument, so one shared
+    UNet serves runs with different settings without holding per-run state.
     """
 
-    def __init__(self, stock: nn.Module, *, config: Mapping[str, Any], ip_audio_scale: float = 1.0):
+    def __init__(self, stock: nn.Module, *, config: Mapping[str, Any]):
         super().__init__()
         # Adopt the stock sub-modules under their own names: the state-dict keys stay the official ones.
         for name, child in stock.named_children():
             self.add_module(name, child)
         self.num_upsamplers = int(stock.num_upsamplers)
         self.config = dict(config)
-        self.ip_audio_scale = float(ip_audio_scale)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -55,7 +55,7 @@ class SonicUNet(nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float, clip_context: torch.Tensor,
                 audio_context: torch.Tensor, added_time_ids: torch.Tensor,
-                face_mask: torch.Tensor | None = None, *,
+                face_mask: torch.Tensor | None = None, *, audio_scale: float = 1.0,
                 intermediates: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """One denoiser evaluation (v-prediction) of a window.
 
@@ -65,6 +65,7 @@ class SonicUNet(nn.Module):
             Rows are branch-major: row = b * F + f.
         added_time_ids: (B, 3) [fps, motion bucket, expression bucket].
         face_mask: (1, 1, H, W) pixel-space mask weighting the spatial audio attention, or None (no mask).
+        audio_scale: weight of the audio attention in every attn2 layer (`ip_audio_scale`, official 1.0).
         intermediates: optional dict that receives named activations (debugging / tests).
         Returns (B, F, 4, h, w) in the model dtype. Inputs are moved to the model's device and dtype.
         """
@@ -80,7 +81,7 @@ class SonicUNet(nn.Module):
         emb = emb.repeat_interleave(frames, dim=0, output_size=batch * frames)
         cond = AttentionConditioning(
             clip=clip_context.to(device, dtype), audio=audio_context.to(device, dtype), num_frames=frames,
-            audio_scale=self.ip_audio_scale,
+            audio_scale=float(audio_scale),
             face_mask=None if face_mask is None else face_mask.to(device, torch.float32),
             image_only_indicator=torch.zeros(batch, frames, dtype=dtype, device=device))
 
@@ -191,7 +192,7 @@ def _shape(value) -> str:
     return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 
-def build_sonic_unet(config: Mapping[str, Any], *, ip_audio_scale: float = 1.0) -> SonicUNet:
+def build_sonic_unet(config: Mapping[str, Any]) -> SonicUNet:
     """The Sonic UNet for a diffusers `UNetSpatioTemporalConditionModel` config (e.g. the SVD-xt
     `unet/config.json`), with the audio adapters added. Parameters are freshly initialised (load
     `unet.pth` afterwards); inside a `torch.device("meta")` context nothing is allocated.
@@ -219,7 +220,7 @@ def build_sonic_unet(config: Mapping[str, Any], *, ip_audio_scale: float = 1.0) 
         if name.endswith((".attn1", ".attn2")):
             check_plain_attention(module, name)
     attach_audio_adapters(stock)
-    return SonicUNet(stock, config=kwargs, ip_audio_scale=ip_audio_scale)
+    return SonicUNet(stock, config=kwargs)
 
 
 def adapter_keys(keys: Iterable[str]) -> list[str]:

@@ -208,10 +208,14 @@ def detect_face_boxes(grey: np.ndarray, *, samples: int = FACE_SAMPLES,
     """
     import cv2
 
-    detector = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    if detector.empty():
+    from ..errors import WeightsError
+    from ..inputs.face_detectors import haar_cascade
+
+    try:
+        detector = haar_cascade()
+    except WeightsError:
         raise SonicError("OpenCV's Haar face cascade is missing (opencv 5 wheels ship none); "
-                         "install opencv-python<5 or pass a mouth box")
+                         "install opencv-python<5 or pass a mouth box") from None
     height, width = grey.shape[1:3]
     upscale = max(1.0, 360 / height)
     size = (round(width * upscale), round(height * upscale))

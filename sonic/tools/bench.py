@@ -35,6 +35,7 @@ import torch
 
 from ..config import SAMPLE_RATE, SonicConfig
 from ..errors import ParameterError
+from ..placement import expected_resident
 from .bench_measure import (HostMemoryMonitor, StageClock, TimedIterator, attention_backend, check_attention_backend,
                             count_unet_flops, device_peak_tflops, git_commit, synthetic_portrait, synthetic_speech)
 from .bench_settings import GB, NUM_BRANCHES, PEAK_TFLOPS, SCHEMA, STAGES, WARMUP_STEPS, BenchSettings
@@ -63,23 +64,10 @@ def build_pipeline(settings: BenchSettings, device: torch.device, dtype: torch.d
     return SonicPipeline(models, device=device, dtype=dtype, memory_policy=policy)
 
 
-def expected_resident(policy: str, stage: str) -> tuple[set[str], set[str]]:
-    """(models that must be, models that may be) on the device during a stage ("sampling", "decode",
-    "interpolate") under a memory policy. Decode and RIFE are streamed into each other, so while the
-    decoder is alive the VAE and RIFE share the device; RIFE's last batch may run after it finished."""
-    everything = {"unet", "vae", "image_encoder", "whisper", "audio2token", "audio2bucket", "rife"}
-    if policy == "keep":
-        return everything, everything
-    resting = {"unet"} if policy == "lowvram" else set()
-    least, most = {"sampling": ({"unet"}, {"unet"}), "decode": ({"vae", "rife"}, {"vae", "rife"}),
-                   "interpolate": ({"rife"}, {"vae", "rife"})}[stage]
-    return resting | least, resting | most
-
-
 def run_once(pipe, settings: BenchSettings, image, face_box, wave: np.ndarray, steps: int, video_path: Path,
              device: torch.device) -> dict[str, Any]:
     """One generation with per-stage timing; returns the run's record."""
-    from ..pipeline import soundtrack_for
+    from ..finishing.tail import finish
     from ..media.video import write_mp4
 
     clock = StageClock(device)
@@ -124,35 +112,31 @@ def run_once(pipe, settings: BenchSettings, image, face_box, wave: np.ndarray, s
     else:
         window_seconds = [b - a for a, b in zip(call_marks, call_marks[1:])]
 
-    generated = job.timeline.generated_frames
     decoded = TimedIterator(pipe.decode_iter(latents, decode_chunk_size=settings.decode_chunk_size,
                                              callback=on_progress))
-    last: TimedIterator = decoded
-    interpolated = None
-    if settings.interpolate:
-        interpolated = last = TimedIterator(pipe.interpolate_iter(decoded, total=generated, callback=on_progress))
-    fps = job.timeline.output_fps(settings.interpolate)
-    # N generated frames, 2N after RIFE (see sonic.diffusion.interpolate): the soundtrack is cut to match.
-    output_frames = generated * (2 if settings.interpolate else 1)
+    # The product's tail (RIFE, last frame held, soundtrack), streamed into the MP4 writer.
+    stream = finish(pipe, job, decoded, interpolate=settings.interpolate, callback=on_progress)
+    last = TimedIterator(stream.frames)
+    output_frames = stream.num_frames
     start = time.perf_counter()
-    write_mp4(video_path, last, fps=fps, audio=soundtrack_for(job, output_frames / fps),
-              sample_rate=job.audio.original_rate, preset=settings.x264_preset, overwrite=True,
-              metadata={"benchmark": True})
+    write_mp4(video_path, last, fps=stream.fps, audio=stream.audio, sample_rate=stream.sample_rate,
+              preset=settings.x264_preset, overwrite=True, metadata={"benchmark": True})
     chain = time.perf_counter() - start
     clock.add("decode", decoded.seconds)
-    if interpolated is not None:
-        clock.add("interpolation", interpolated.seconds - decoded.seconds)
+    if settings.interpolate:
+        clock.add("interpolation", last.seconds - decoded.seconds)
     clock.add("encode_mux", chain - last.seconds)
     if last.frames != output_frames:
         raise RuntimeError(f"the streamed chain produced {last.frames} frames, expected {output_frames}")
 
     stages = {name: clock.seconds.get(name, 0.0) for name in STAGES}
     total = sum(stages.values())
-    video_seconds = output_frames / fps
+    video_seconds = stream.seconds
     calls = max(len(window_seconds), 1)
     return {
         "stages": stages, "total_seconds": total, "video_seconds": video_seconds, "output_frames": output_frames,
-        "generated_frames": generated, "fps": fps, "steps": steps, "unet_calls": len(window_seconds),
+        "generated_frames": job.timeline.generated_frames, "fps": stream.fps, "steps": steps,
+        "unet_calls": len(window_seconds),
         "windows_per_step": len(window_seconds) // steps,
         "seconds_per_video_second": total / video_seconds,
         "seconds_per_step": stages["sampling"] / steps,

@@ -20,7 +20,6 @@ from ..errors import ParameterError
 from .bench_settings import NUM_BRANCHES, PEAK_TFLOPS
 
 
-
 # ------------------------------------------------------------------------------------ inputs
 def synthetic_speech(seconds: float, *, sample_rate: int = SAMPLE_RATE, seed: int = 0) -> np.ndarray:
     """Speech-like float32 mono audio: a gliding voiced source with two formant-like partials,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from ..config import SIZE_MULTIPLE
 from ..errors import ParameterError
+from ..placement import MEMORY_POLICIES
 
 SCHEMA = "sonic-bench/1"
 STAGES = ("prepare", "audio", "conditioning", "sampling", "decode", "interpolation", "encode_mux")
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
-MEMORY_POLICIES = ("keep", "offload", "lowvram")
 SIZES = ("auto", "tiny", "full")
 NUM_BRANCHES = 3  # uncond, appearance, audio: one batched UNet call per window
 WARMUP_STEPS = 2

@@ -12,9 +12,9 @@ live in the repository's tests/ folder, which a pip-installed package lacks: pas
 `fixtures_dir` or run from a checkout.
 
 The face detector is omitted (the pipeline falls back to OpenCV) unless `with_face_detector`
-is set: then `yoloface_v5m.pt` is a tiny TorchScript module with the released call signature
-(`pred = model(img, grids)`, SPEC 2.1) that always reports ONE face, centred, with a box of
-40% x 50% of the input and high confidence (0.9 x 0.9), plus five plausible landmarks.
+is set: then `yoloface_v5m.pt` is a tiny random-weight YOLOv5-face (the architecture of
+`sonic.models.yoloface`) traced into a TorchScript archive with the released call signature
+(`pred = model(img, grids)`, SPEC 2.1). Sonic reads only its tensors; its boxes are random.
 """
 
 from __future__ import annotations
@@ -23,14 +23,12 @@ import json
 import shutil
 import warnings
 from pathlib import Path
-from typing import List
 
 import torch
 
 from ..errors import ParameterError, WeightsError
-from ..weights.locate import BUILTIN_SVD_CONFIGS, SVD_FOLDER, SVD_SINGLE_FILES, WHISPER_FOLDER
+from ..weights.locate import BUILTIN_SVD_CONFIGS, LAYOUTS, OFFICIAL_LAYOUT, SVD_FOLDER, SVD_SINGLE_FILES, WHISPER_FOLDER
 
-LAYOUTS = ("official", "comfyui")
 FILE_FORMATS = ("pickle", "safetensors")
 CLIP_SEED = 20250601
 # Tiny CLIP vision tower; projection_dim equals the golden models' CLIP width (12).
@@ -43,7 +41,7 @@ def default_fixtures_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "golden"
 
 
-def write_tiny_zoo(dest, *, layout: str = "official", fixtures_dir=None, file_format: str = "pickle",
+def write_tiny_zoo(dest, *, layout: str = OFFICIAL_LAYOUT, fixtures_dir=None, file_format: str = "pickle",
                    with_face_detector: bool = False, svd_single_file: bool = False) -> Path:
     """Write the tiny zoo under `dest`; returns the folder to pass as `models_dir`.
 
@@ -69,7 +67,7 @@ def write_tiny_zoo(dest, *, layout: str = "official", fixtures_dir=None, file_fo
             f"golden fixtures not found at {golden}: the tiny zoo is built from tests/fixtures/golden of a source "
             f"checkout (a pip-installed package does not ship them); pass fixtures_dir=.../tests/fixtures/golden")
     dest = Path(dest).expanduser()
-    if layout == "official":
+    if layout == OFFICIAL_LAYOUT:
         models_dir, sonic_dir, rife_dir = dest, dest / "Sonic", dest / "RIFE"
         root = dest
     else:
@@ -236,29 +234,22 @@ def write_tiny_clip(folder, *, seed: int = CLIP_SEED) -> Path:
     return folder
 
 
-class _CentredFaceDetector(torch.nn.Module):
-    """Stand-in for yoloface_v5m.pt: one confident face in the middle of any input.
-
-    Output rows follow SPEC 2.1: [cx, cy, w, h, obj_conf, 5 x (lmk_x, lmk_y), cls_conf] in input pixels.
-    """
-
-    def forward(self, img: torch.Tensor, grids: List[torch.Tensor]) -> torch.Tensor:
-        h = float(img.shape[2])
-        w = float(img.shape[3])
-        cx, cy = 0.5 * w, 0.5 * h
-        values = [cx, cy, 0.4 * w, 0.5 * h, 0.9,
-                  cx - 0.08 * w, cy - 0.06 * h, cx + 0.08 * w, cy - 0.06 * h,  # eyes
-                  cx, cy + 0.02 * h,  # nose
-                  cx - 0.06 * w, cy + 0.12 * h, cx + 0.06 * w, cy + 0.12 * h,  # mouth corners
-                  0.9]
-        return torch.tensor(values, dtype=torch.float32, device=img.device).reshape(1, 1, 16)
+TINY_YOLO_SEED = 20250602
 
 
-def write_tiny_face_detector(path) -> Path:
-    """Save the centred-face stand-in as a TorchScript archive (loadable with torch.jit.load)."""
+def write_tiny_face_detector(path, *, seed: int = TINY_YOLO_SEED) -> Path:
+    """A tiny seeded random YOLOv5-face (our architecture, stem width 4) saved as a TorchScript
+    archive traced with the release call `model(img, grids)`, the same kind of file as the
+    release's `yoloface_v5m.pt`. Sonic reads only its tensors; its boxes are random."""
+    from .models.yoloface import STRIDES, cell_grid, random_yoloface
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    model = random_yoloface(seed)
+    h, w = 64, 64
+    grids = [cell_grid(h // s, w // s) for s in STRIDES]
     with warnings.catch_warnings():  # new torch marks TorchScript deprecated; the release file is TorchScript
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.script(_CentredFaceDetector()), str(path))
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, (torch.zeros(1, 3, h, w), grids), check_trace=False)
+        torch.jit.save(traced, str(path))
     return path

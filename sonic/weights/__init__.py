@@ -4,7 +4,7 @@
 * `read_state_dict(path, what=...)` -> `{key: tensor}` (never runs code from a file)
 * `check_state_dict(...)` / `load_strict(module, ...)` with diagnosis `HINTS[role]`
 * `convert_checkpoints(models_dir)` -> verified `.safetensors` twins
-* `load_torchscript(path, what)` for the YOLOv5-face detector
+* `read_torchscript_tensors(path, what)`: the tensors of a TorchScript archive (YOLOv5-face), its program never run
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from .checking import (HINTS, RELEASE_NAMES, check_state_dict, hint_audio2bucket
 from ..models.rife import rife_state_dict
 from .convert import convert_checkpoints, convert_file, safetensors_digests, state_dict_digests, tensor_digest
 from .locate import (BUILTIN_SVD_CONFIGS, SONIC_REPO, SVD_REPO, WHISPER_REPO, ModelFiles, find_model_files)
-from .reading import load_torchscript, read_safetensors_metadata, read_state_dict, unsafe_pickle_globals
+from .reading import read_safetensors_metadata, read_state_dict, unsafe_pickle_globals
+from .torchscript import read_torchscript_tensors
 
 __all__ = [
     "ModelFiles", "find_model_files", "BUILTIN_SVD_CONFIGS", "SONIC_REPO", "SVD_REPO", "WHISPER_REPO",
-    "read_state_dict", "read_safetensors_metadata", "unsafe_pickle_globals", "load_torchscript",
+    "read_state_dict", "read_safetensors_metadata", "unsafe_pickle_globals", "read_torchscript_tensors",
     "check_state_dict", "load_strict", "shapes_of", "identify_weights", "rife_state_dict", "HINTS", "RELEASE_NAMES",
     "hint_stock_svd_unet", "hint_audio2bucket_as_audio2token", "hint_audio2token_as_audio2bucket",
     "hint_rife_prefix", "hint_wrong_model",

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import WeightsError
-from . import BUILTIN_SVD_CONFIGS, HINTS, ModelFiles, find_model_files, load_strict, load_torchscript, read_state_dict
+from . import BUILTIN_SVD_CONFIGS, HINTS, ModelFiles, find_model_files, load_strict, read_state_dict
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -183,7 +183,7 @@ def load_rife(files: ModelFiles):
 def load_yoloface(files: ModelFiles):
     from ..inputs.face_detectors import YoloFaceDetector
 
-    return YoloFaceDetector(load_torchscript(files.face_detector, what="yoloface_v5m.pt face detector"))
+    return YoloFaceDetector.from_file(files.face_detector)  # tensors only: the file's program never runs
 
 
 def _require_keys(state, keys, path, what) -> None:

@@ -34,6 +34,8 @@ SVD_FOLDER = "stable-video-diffusion-img2vid-xt"
 WHISPER_FOLDER = "whisper-tiny"
 SVD_SINGLE_FILES = ("svd_xt.safetensors", "svd_xt_1_1.safetensors")
 FACE_DETECTOR_FILE = "yoloface_v5m.pt"
+# The two folder layouts: the official `checkpoints/` and ComfyUI's `models/` (with `models/sonic/`).
+OFFICIAL_LAYOUT, COMFYUI_LAYOUT = LAYOUTS = ("official", "comfyui")
 
 #: SVD-xt configs shipped with the package (used when the diffusers folder lacks them).
 BUILTIN_SVD_CONFIGS = Path(__file__).resolve().parent.parent / "assets" / "svd_xt"
@@ -54,7 +56,7 @@ class ModelFiles:
     """
 
     root: Path  # the folder the search started from
-    layout: str  # "official" or "comfyui": where missing files would have to go
+    layout: str  # one of LAYOUTS: where missing files would have to go
     unet: Path  # Sonic's complete UNet (unet.pth or its .safetensors twin)
     audio2token: Path
     audio2bucket: Path
@@ -111,13 +113,13 @@ def _search_roots(models_dir: Path) -> list[Path]:
 def _layout_and_target(models_dir: Path) -> tuple[str, Path, Path]:
     """(layout, folder where missing Sonic files should go, ComfyUI checkpoints folder)."""
     if models_dir.name.lower() == "sonic" and not (models_dir / "Sonic").is_dir():
-        return "comfyui", models_dir, models_dir.parent / "checkpoints"
+        return COMFYUI_LAYOUT, models_dir, models_dir.parent / "checkpoints"
     comfy_markers = ("checkpoints", "diffusion_models", "clip_vision", "vae", "loras", "sonic")
     official_markers = ("Sonic", "RIFE", SVD_FOLDER)
     if not any((models_dir / m).is_dir() for m in official_markers) and \
             any((models_dir / m).is_dir() for m in comfy_markers):
-        return "comfyui", models_dir / "sonic", models_dir / "checkpoints"
-    return "official", models_dir, models_dir / "checkpoints"
+        return COMFYUI_LAYOUT, models_dir / "sonic", models_dir / "checkpoints"
+    return OFFICIAL_LAYOUT, models_dir, models_dir / "checkpoints"
 
 
 def _sonic_file(roots: list[Path], stem: str, suffix: str, subfolder: str) -> Path | None:
@@ -158,7 +160,7 @@ def find_model_files(models_dir, *, need_face_detector: bool = True, need_interp
     if target not in roots:
         roots.append(target)
     missing: list[_Missing] = []
-    sonic_sub = "Sonic" if layout == "official" else ""
+    sonic_sub = "Sonic" if layout == OFFICIAL_LAYOUT else ""
 
     def need(path: Path | None, what: str, target_path: Path, source: str) -> Path | None:
         if path is None:

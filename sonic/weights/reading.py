@@ -7,8 +7,9 @@
   is refused with a `WeightsError`; before that its GLOBAL opcodes are listed with
   `pickletools`-style static disassembly, which executes nothing, so the message can say
   which classes the file wanted.
-* TorchScript (`yoloface_v5m.pt`): `torch.jit.load`. It runs TorchScript code (the model's
-  own scripted graph, interpreted by torch) but unpickles no arbitrary Python classes.
+* TorchScript (`yoloface_v5m.pt`): never `torch.jit.load` (that would run the archive's
+  program, which can write files). `sonic.weights.torchscript` reads only its tensors with a
+  restricted unpickler, and our own network (`sonic.models.yoloface`) runs them.
 
 Damaged files (empty, truncated, garbage header, a folder) give a `WeightsError` with the
 file's size and the advice to download it again.
@@ -241,30 +242,3 @@ def _scan_globals(data: bytes) -> set[str]:
         except Exception:  # raw tensor bytes after the pickles, or a truncated file: stop scanning
             break
     return found
-
-
-# ------------------------------------------------------------------------------ TorchScript
-def load_torchscript(path, what: str, *, map_location="cpu") -> torch.jit.ScriptModule:
-    """Load a TorchScript archive (e.g. `yoloface_v5m.pt`) in eval mode.
-
-    `torch.jit.load` runs the archive's TorchScript graph (interpreted by torch, no Python
-    classes are unpickled). Errors say whether the file is damaged or simply not TorchScript.
-    """
-    path = check_is_file(path, what)
-    if not zipfile.is_zipfile(path):
-        raise _damaged(path, what, "not a TorchScript archive (no zip directory found)")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise _damaged(path, what, f"unreadable archive ({exc})") from None
-    if not any(n.endswith("constants.pkl") for n in names) and any(n.endswith("data.pkl") for n in names):
-        raise WeightsError(f"{what} file {path} is a plain torch.save file, not a TorchScript archive; "
-                           f"the face detector must be the released TorchScript yoloface_v5m.pt")
-    try:
-        with warnings.catch_warnings():  # TorchScript is deprecated in new torch, but the release file is one
-            warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(path), map_location=map_location)
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise _damaged(path, what, f"TorchScript could not load it ({_first_line(exc)})") from None
-    return module.eval()

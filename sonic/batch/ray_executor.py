@@ -10,7 +10,8 @@ An actor whose process or node dies is restarted by Ray (`max_restarts`) and the
 running is retried by Ray (`max_task_retries`); a job that raises is retried by the scheduler,
 up to `--retries` times in both cases. Inputs, models and OUT must be on a path every machine
 sees (a shared file system): actors read the inputs and write the outputs and records themselves.
-Ray is an optional dependency (`pip install -e .[ray]`).
+Ray is an optional dependency (`pip install -e .[ray]`). A local cluster uses every CPU unless
+`SONIC_BATCH_RAY_CPUS` says how many (the tests use 2); `SONIC_*` variables reach its actors.
 """
 
 from __future__ import annotations

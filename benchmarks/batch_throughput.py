@@ -71,14 +71,17 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=1.5)
     parser.add_argument("--json", help="write the report here too")
+    parser.add_argument("--two-first", action="store_true", help="run 2 workers before 1 (checks load drift)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         jobs = make_inputs(root, args.jobs, args.seconds)
-        runs = [run_batch(jobs, root / "zoo", root / f"out{n}", devices) for n, devices in
-                enumerate(("cpu", "cpu,cpu"))]
+        order = ("cpu,cpu", "cpu") if args.two_first else ("cpu", "cpu,cpu")
+        runs = sorted((run_batch(jobs, root / "zoo", root / f"out{n}", devices) for n, devices in enumerate(order)),
+                      key=lambda run: run["workers"])
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
               f"{platform.processor() or platform.platform()}", "load_average_1min": round(os.getloadavg()[0], 1),
+              "order": "2 workers first" if args.two_first else "1 worker first",
               "settings": "tiny zoo, 64 px, 1 step, RIFE on, x264 medium", "runs": runs,
               "ratio_2_vs_1": round(runs[1]["video_seconds_per_hour"] / runs[0]["video_seconds_per_hour"], 2)}
     text = json.dumps(report, indent=1)

@@ -163,6 +163,11 @@ class LocalExecutor:
                     # The worker is gone: retry its job, start a fresh worker in its place.
                     selector.unregister(worker.proc.stdout)
                     code = worker.proc.wait()
+                    for pipe in (worker.proc.stdin, worker.proc.stdout):
+                        try:
+                            pipe.close()
+                        except OSError:
+                            pass
                     if not worker.ready:
                         failed_starts += 1
                         if failed_starts >= 3 or worker.fatal:

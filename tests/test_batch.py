@@ -159,6 +159,23 @@ def test_longest_audio_first_and_a_worker_keeps_its_portrait(media, tmp_path):
         {j.job_id for j in jobs}
 
 
+def test_row_options_become_widget_values_of_the_comfyui_preset():
+    from sonic.batch.comfyui_executor import workflow_overrides
+    from sonic.batch.manifest import job_option_actions
+    from sonic.errors import ParameterError
+
+    defaults = {dest: action.default for dest, action in job_option_actions().items()}
+    assert workflow_overrides(defaults) == {}  # the preset keeps its own values
+    given = dict(defaults, steps=3, face_box="1,2,30,40", no_crop=True, sync="40", crf=23, no_interpolate=True)
+    assert workflow_overrides(given) == {"inference_steps": "3", "face": "box", "face_box": "1,2,30,40",
+                                         "crop": "false", "lip_sync": "manual", "sync_offset_ms": "40",
+                                         "crf": "23", "interpolation": "false"}
+    assert workflow_overrides(dict(defaults, face_box="full", sync="auto")) == {"face": "full_image",
+                                                                                "lip_sync": "auto"}
+    with pytest.raises(ParameterError, match="max_image_pixels"):
+        workflow_overrides(dict(defaults, max_image_pixels=10 ** 6))
+
+
 # ---------------------------------------------------------------------------------- running and resuming
 def test_skip_invalid_runs_the_others_and_a_rerun_redoes_only_changed_inputs(media, tmp_path, tiny_zoo):
     rows = [{"image": "anna.png", "audio": f"talk{i}.wav"} for i in range(4)]

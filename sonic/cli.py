@@ -79,6 +79,7 @@ COMMANDS = {
     "convert": "convert",
     "check-sync": "check_sync",
     "queue": "queue",
+    "batch": "batch",
     "bench": "bench",
     "make-tiny-zoo": "make_tiny_zoo",
 }

@@ -28,7 +28,7 @@ from .diffusion.timeline import Timeline
 from .errors import DeviceMemoryError, ParameterError
 from .finishing.tail import finish
 from .inputs.audio import frame_windows, load_audio, whisper_hidden_states
-from .inputs.portrait import prepare_portrait
+from .inputs.portrait import PreparedPortrait, prepare_portrait
 from .job import Conditioning, PreparedJob, ProgressCallback, ProgressInfo, SonicOutput, SonicStream, report_progress
 from .models.image_models import clip_image_embeds, encode_reference
 from .placement import STAGE_MODELS, get_policy, rests_on_device
@@ -154,18 +154,19 @@ class SonicPipeline:
     # ----------------------------------------------------------------------------- stages
     def prepare(self, image, audio, *, face_box=None, face_index=None, crop: bool | None = None,
                 expand_ratio: float | None = None, min_resolution: int | None = None, duration=None,
-                config: SonicConfig | None = None) -> PreparedJob:
-        """Load and check the portrait and the audio (CPU only; fast). See `__call__` for arguments."""
+                config: SonicConfig | None = None, portrait: PreparedPortrait | None = None) -> PreparedJob:
+        """Load and check the portrait and the audio (CPU only; fast). See `__call__` for arguments.
+        `portrait`: one prepared earlier with the same settings (a batch reuses it across audios)."""
         base = config or self.config
         overrides = {k: v for k, v in dict(crop=crop, expand_ratio=expand_ratio, min_resolution=min_resolution).items()
                      if v is not None}
         cfg = base.replace(**overrides) if overrides else base.validate()
         clip = load_audio(audio, duration=duration, max_seconds=cfg.max_audio_seconds)
         timeline = Timeline.from_samples(len(clip.samples))
-        portrait = prepare_portrait(image, detector=self.face_detector(), face_box=face_box, face_index=face_index,
-                                    crop=cfg.crop, expand_ratio=cfg.expand_ratio, min_resolution=cfg.min_resolution,
-                                    face_mask_area=cfg.face_mask_area, max_pixels=cfg.max_pixels,
-                                    max_image_pixels=cfg.max_image_pixels)
+        portrait = portrait or prepare_portrait(
+            image, detector=self.face_detector(), face_box=face_box, face_index=face_index, crop=cfg.crop,
+            expand_ratio=cfg.expand_ratio, min_resolution=cfg.min_resolution, face_mask_area=cfg.face_mask_area,
+            max_pixels=cfg.max_pixels, max_image_pixels=cfg.max_image_pixels)
         return PreparedJob(portrait=portrait, audio=clip, timeline=timeline, config=cfg)
 
     def face_detector(self):
@@ -177,9 +178,23 @@ class SonicPipeline:
         return default_face_detector()
 
     @torch.no_grad()
+    def encode_portrait(self, job: PreparedJob) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(CLIP embedding, reference latent, image latent) of the job's portrait: the part of
+        `encode` that depends only on the portrait, its settings and (with noise_aug_strength) the seed."""
+        cfg, portrait, m = job.config, job.portrait, self.models
+        with self._stage("reference"):
+            clip_embeds = clip_image_embeds(m.image_encoder, portrait.clip_pixels.to(self.device, self.dtype))
+            ref_latent, image_latent = encode_reference(
+                m.vae, portrait.pixels.to(self.device, self.dtype), noise_aug_strength=cfg.noise_aug_strength,
+                # Pixel noise from the seed on the CPU: the same on every device.
+                generator=torch.Generator("cpu").manual_seed(cfg.seed) if cfg.noise_aug_strength > 0 else None)
+        return clip_embeds, ref_latent, image_latent
+
+    @torch.no_grad()
     def encode(self, job: PreparedJob, *, dynamic_scale: float | None = None, motion_scale: float | None = None,
-               callback: ProgressCallback | None = None) -> Conditioning:
-        """Whisper features, audio tokens and buckets, CLIP embedding and reference latents (once each)."""
+               callback: ProgressCallback | None = None, portrait_encoding=None) -> Conditioning:
+        """Whisper features, audio tokens and buckets, CLIP embedding and reference latents (once each).
+        `portrait_encoding`: `encode_portrait`'s result for this portrait, reused instead of recomputed."""
         cfg = job.config.replace(**{k: v for k, v in dict(dynamic_scale=dynamic_scale, motion_scale=motion_scale).items()
                                     if v is not None})
         job = dataclasses.replace(job, config=cfg)
@@ -190,12 +205,7 @@ class SonicPipeline:
         token_windows, bucket_windows = frame_windows(hidden, job.timeline.generated_frames)
         report_progress(callback, "conditioning", 1, 3)
         portrait = job.portrait
-        with self._stage("reference"):
-            clip_embeds = clip_image_embeds(m.image_encoder, portrait.clip_pixels.to(self.device, self.dtype))
-            ref_latent, image_latent = encode_reference(
-                m.vae, portrait.pixels.to(self.device, self.dtype), noise_aug_strength=cfg.noise_aug_strength,
-                # Pixel noise from the seed on the CPU: the same on every device.
-                generator=torch.Generator("cpu").manual_seed(cfg.seed) if cfg.noise_aug_strength > 0 else None)
+        clip_embeds, ref_latent, image_latent = portrait_encoding or self.encode_portrait(job)
         report_progress(callback, "conditioning", 2, 3)
         with self._stage("audio_tokens"):
             # The windows are views of one padded copy; audio_conditioning moves one batch at a time.
@@ -316,7 +326,7 @@ class SonicPipeline:
 
     def _generate(self, image, audio, *, callback: ProgressCallback | None = None, **kwargs):
         """prepare -> encode -> sample, then the decoder as a lazy iterator of frame chunks."""
-        per_job = {"face_box", "face_index", "duration", "noise", "config"}
+        per_job = {"face_box", "face_index", "duration", "noise", "config", "portrait", "portrait_encoding"}
         fields = {f.name for f in dataclasses.fields(SonicConfig)}
         unknown = sorted(set(kwargs) - per_job - fields)
         if unknown:
@@ -326,8 +336,8 @@ class SonicPipeline:
         overrides = {k: v for k, v in kwargs.items() if k in fields and v is not None}
         cfg = (kwargs.get("config") or self.config).replace(**overrides)
         job = self.prepare(image, audio, face_box=kwargs.get("face_box"), face_index=kwargs.get("face_index"),
-                           duration=kwargs.get("duration"), config=cfg)
-        cond = self.encode(job, callback=callback)
+                           duration=kwargs.get("duration"), config=cfg, portrait=kwargs.get("portrait"))
+        cond = self.encode(job, callback=callback, portrait_encoding=kwargs.get("portrait_encoding"))
         latents = self.sample(cond, noise=kwargs.get("noise"), callback=callback)
         return job, self.decode_iter(latents, decode_chunk_size=cfg.decode_chunk_size, callback=callback), callback
 

@@ -19,7 +19,25 @@ def add_arguments(parser) -> None:
     parser.add_argument("--audio", required=True, help="speech audio (WAV/MP3/FLAC/OGG/Opus/M4A)")
     parser.add_argument("--out", required=True, help="output .mp4 path")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
+    parser.add_argument("--devices", help="spread the windows of every step over several devices, e.g. cuda:0,cuda:1 "
+                        "or 'all' (same result as one device; under torchrun each process takes its own)")
+    add_model_options(parser)
+    add_job_options(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_model_options(parser) -> None:
+    """Options of the models (the same for every job of a batch)."""
     parser.add_argument("--svd-checkpoint", help="SVD-xt single file (svd_xt.safetensors) instead of the diffusers folder")
+    parser.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
+    parser.add_argument("--memory-policy", default="keep", choices=MEMORY_POLICIES, help=describe_policies())
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet (faster sampling on GPUs after a one-off compile)")
+
+
+def add_job_options(parser) -> None:
+    """Options of one clip (`batch` takes them per manifest row too)."""
     parser.add_argument("--face-box", help="X1,Y1,X2,Y2 in image pixels (skips detection), or 'full' for the whole image")
     parser.add_argument("--face-index", type=int, help="which detected face to use, 0 = leftmost (default: largest)")
     parser.add_argument("--no-crop", action="store_true", help="keep the whole picture instead of a square face crop")
@@ -37,15 +55,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--i2i-noise-strength", type=float, help="fraction of the schedule to run (default 1.0)")
     parser.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode call (default 8)")
     parser.add_argument("--no-interpolate", action="store_true", help="skip RIFE: 12.5 fps output")
-    parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
-    parser.add_argument("--devices", help="spread the windows of every step over several devices, e.g. cuda:0,cuda:1 "
-                        "or 'all' (same result as one device; under torchrun each process takes its own)")
     parser.add_argument("--sampler", choices=["euler", "dpmpp_2m"],
                         help="integrator: euler (default, the official one) or dpmpp_2m (DPM-Solver++(2M), opt-in)")
-    parser.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
-    parser.add_argument("--memory-policy", default="keep", choices=MEMORY_POLICIES, help=describe_policies())
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the UNet (faster sampling on GPUs after a one-off compile)")
     parser.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)")
     parser.add_argument("--preset", default="medium", help="x264 preset (default medium)")
     post = parser.add_argument_group("post-processing")
@@ -54,11 +65,9 @@ def add_arguments(parser) -> None:
     post.add_argument("--color-match", action="store_true", help="keep face colours on the reference")
     post.add_argument("--paste-back", action="store_true", help="composite the face crop back into the photo")
     post.add_argument("--output-fps", type=float, help="convert the frame rate (e.g. 24, 30, 60)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
-    from ..config import SonicConfig
     from ..inputs.audio import load_audio
     from ..inputs.face_box import check_inside, parse_face_box
     from ..inputs.image import load_image
@@ -76,12 +85,7 @@ def run(args) -> int:
 
         parse_devices(args.devices)  # a device that does not exist is named before anything loads
     postprocess = postprocess_options(args)
-    config = SonicConfig().replace(**{k: v for k, v in dict(
-        crop=False if args.no_crop else None, expand_ratio=args.expand_ratio, min_resolution=args.min_resolution,
-        inference_steps=args.steps, dynamic_scale=args.dynamic_scale, motion_scale=args.motion_scale,
-        i2i_noise_strength=args.i2i_noise_strength, seed=args.seed, interpolate=not args.no_interpolate,
-        decode_chunk_size=args.decode_chunk_size, max_image_pixels=args.max_image_pixels,
-        max_audio_seconds=args.max_audio_seconds, sampler=args.sampler).items() if v is not None})
+    config = config_from_args(args)
     check_face_choice(face_box, args.face_index)
     # Which files are missing (only looked up, none is read: a new user hears first what to download).
     find_model_files(args.models, need_interpolation=config.interpolate, svd_checkpoint=args.svd_checkpoint,
@@ -160,6 +164,18 @@ def windows_summary(executor, num_frames: int, config) -> str:
     units = work_units(windows, executor.num_workers)
     name = "windows" if units[0][1] is None else f"(window, branch) units of {windows} window(s)"
     return spread_summary(executor, len(units), name)
+
+
+def config_from_args(args):
+    """The `SonicConfig` of the job options (`add_job_options`); checks every value's range."""
+    from ..config import SonicConfig
+
+    return SonicConfig().replace(**{k: v for k, v in dict(
+        crop=False if args.no_crop else None, expand_ratio=args.expand_ratio, min_resolution=args.min_resolution,
+        inference_steps=args.steps, dynamic_scale=args.dynamic_scale, motion_scale=args.motion_scale,
+        i2i_noise_strength=args.i2i_noise_strength, seed=args.seed, interpolate=not args.no_interpolate,
+        decode_chunk_size=args.decode_chunk_size, max_image_pixels=args.max_image_pixels,
+        max_audio_seconds=args.max_audio_seconds, sampler=args.sampler).items() if v is not None})
 
 
 def postprocess_summary(report: dict) -> list[str]:

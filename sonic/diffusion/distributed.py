@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import time
 from collections import Counter
 from typing import Callable, Optional, Sequence
 
@@ -183,6 +184,10 @@ class DistributedExecutor:
             call()
         except Exception as exc:  # gloo/NCCL errors have several types (DistBackendError, RuntimeError, ...)
             gone = self.dead_local_ranks()
+            deadline = time.monotonic() + 3.0  # a killed peer's sockets close before its process is gone
+            while not gone and time.monotonic() < deadline:
+                time.sleep(0.1)
+                gone = self.dead_local_ranks()
             who = (f"rank {', '.join(map(str, gone))} is gone (died or was killed)" if gone
                    else "a rank died, was killed or did not answer")
             raise RankLostError(f"rank {self.rank} lost contact with the other ranks while {what}: {who}; "

@@ -214,7 +214,7 @@ class SonicVideoOutput:
 def graph_tags(prompt: dict | None, extra_pnginfo: dict | None) -> dict:
     """`prompt` and each extra_pnginfo key (the UI `workflow`) as their own MP4 tags, as core SaveVideo
     writes them: the frontend reopens a dropped MP4's graph from those keys. None with --disable-metadata."""
-    from sonic.video import is_tag_name
+    from sonic.media.video import is_tag_name
 
     if _metadata_disabled():
         return {}

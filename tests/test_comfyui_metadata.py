@@ -30,7 +30,7 @@ def written_tags(server, prompt: dict) -> dict:
 
     prompt_id, messages = run_prompt(server, prompt, extra_data={"extra_pnginfo": {"workflow": UI_WORKFLOW}})
     assert final_message(messages)["type"] == "execution_success", f"{final_message(messages)}\n{server.log()}"
-    from sonic.comfy_client import ComfyClient
+    from sonic.tools.comfy_client import ComfyClient
 
     entry = ComfyClient(server.url).history(prompt_id)["outputs"]["3"]["images"][0]
     with av.open(str(server.base / "output" / entry["subfolder"] / entry["filename"])) as container:

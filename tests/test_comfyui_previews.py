@@ -27,7 +27,7 @@ def tiny_preset() -> dict:
 
 def run_collecting_previews(server, prompt: dict, timeout: float = 300.0) -> tuple[dict, list[bytes], list[dict]]:
     """Queue `prompt`; returns (final message, preview image bytes, progress messages of Sonic Inference)."""
-    from sonic.comfy_client import ComfyClient
+    from sonic.tools.comfy_client import ComfyClient
 
     client = ComfyClient(server.url)
     ws = client.websocket()

@@ -43,7 +43,7 @@ def test_templates_browser_lists_each_preset_once_under_its_title_with_its_thumb
     """Custom-node templates show their file name as title and description and <name>.jpg as thumbnail."""
     from urllib.parse import quote
 
-    from sonic.comfy_client import ComfyClient
+    from sonic.tools.comfy_client import ComfyClient
 
     client = ComfyClient(comfy_server.url)
     listed = client.get_json("/workflow_templates")

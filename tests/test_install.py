@@ -72,8 +72,8 @@ def test_pack_installed_the_manager_way_runs_with_weights_from_extra_model_paths
     import json
     import os
 
-    from sonic.comfy_client import ComfyClient
-    from sonic.zoo import write_tiny_zoo
+    from sonic.tools.comfy_client import ComfyClient
+    from sonic.tools.zoo import write_tiny_zoo
 
     base = tmp_path / "ComfyUI"
     pack = copy_pack(base / "custom_nodes" / "comfyui-sonic")

@@ -112,3 +112,33 @@ def test_help_lists_every_command_and_each_command_has_help():
         sub = subprocess.run([sys.executable, "-m", "sonic", name, "--help"], cwd=REPO, capture_output=True,
                              text=True, timeout=120)
         assert sub.returncode == 0 and f"python -m sonic {name}" in sub.stdout, (name, sub.stderr)
+
+
+def test_every_sonic_import_resolves_also_inside_functions():
+    """An import inside a function fails only when that function runs (e.g. in a ComfyUI node):
+    every `from sonic... import name` in sonic/, nodes/, tests/ and benchmarks/ must name a real
+    module and a name defined there."""
+    modules = {module_name(p): p for p in SONIC.rglob("*.py")}
+    broken = []
+    for path in [*SONIC.rglob("*.py"), *(REPO / "nodes").glob("*.py"), *(REPO / "tests").rglob("*.py"),
+                 *(REPO / "benchmarks").rglob("*.py")]:
+        package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                if not (target == "sonic" or target.startswith("sonic.")):
+                    continue
+                if target not in modules:
+                    broken.append(f"{path.relative_to(REPO)}:{node.lineno} {target}")
+                    continue
+                source = modules[target].read_text()
+                broken += [f"{path.relative_to(REPO)}:{node.lineno} {target}.{alias.name}" for alias in node.names
+                           if f"{target}.{alias.name}" not in modules and alias.name not in source]
+            elif isinstance(node, ast.Import):
+                broken += [f"{path.relative_to(REPO)}:{node.lineno} {alias.name}" for alias in node.names
+                           if alias.name.startswith("sonic") and alias.name not in modules]
+    assert not broken, "imports that do not resolve: " + ", ".join(broken)

@@ -148,13 +148,17 @@ def test_sigterm_leaves_no_partial_output(tiny_zoo, media, tmp_path):
                                 "--face-box", box, "--min-resolution", "64", "--steps", "1", "--quiet"],
                                env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        # Signal once the half-written video exists (the encoder is running): that is what must be cleaned up.
+        # Signal once the half-written video exists in the run's scratch folder (the encoder is running):
+        # that is what must be cleaned up.
+        def temporary_videos():
+            return sorted(tmp_path.glob(".sonic-partial/*/*.mp4"))
+
         deadline = time.monotonic() + 300
-        while not any(tmp_path.iterdir()) and process.poll() is None and time.monotonic() < deadline:
+        while not temporary_videos() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert process.poll() is None, "the run ended before it wrote a temporary file"
-        assert [p.name.startswith(".long.") for p in tmp_path.iterdir()] == [True], \
-            f"no temporary video after {time.monotonic() - deadline + 300:.0f} s: {list(tmp_path.iterdir())}"
+        assert temporary_videos() and not out.exists(), \
+            f"no temporary video after {time.monotonic() - deadline + 300:.0f} s: {list(tmp_path.rglob('*'))}"
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)
     finally:

@@ -178,6 +178,6 @@ class PostingRunner(JobRunner):
         super().__init__(*args, **kwargs)
         self.on_posted = on_posted
 
-    def _follow(self, ws, prompt_id, job):
+    def _follow(self, ws, prompt_id, job, deadline):
         self.on_posted()
-        return super()._follow(ws, prompt_id, job)
+        return super()._follow(ws, prompt_id, job, deadline)

@@ -62,7 +62,7 @@ def run_all(executor, args) -> dict:
     rank = executor.rank
     calls = [0]
 
-    def faulty_unet(*inputs):
+    def faulty_unet(*inputs, **options):
         calls[0] += 1
         if args.fault and rank == args.fault_rank:
             (Path(args.out) / f"started{rank}").touch()
@@ -74,7 +74,7 @@ def run_all(executor, args) -> dict:
                 time.sleep(3600)
             if args.fault == "interrupt":
                 time.sleep(0.2)  # slow enough for the test's SIGINT to land here
-        return unet(*inputs)
+        return unet(*inputs, **options)
 
     results = {}
     for num_frames in map(int, args.frames.split(",")):

@@ -70,10 +70,10 @@ def test_branch_units_are_close_to_batched_calls():
 
 def test_thread_error_and_cancel_stop_every_thread():
     class Broken(StandInUNet):
-        def forward(self, *args):
+        def forward(self, *args, **kwargs):
             if len(self.calls) == 3:
                 raise RuntimeError("broken on purpose")
-            return super().forward(*args)
+            return super().forward(*args, **kwargs)
 
     unet = Broken()
     with pytest.raises(RuntimeError, match="broken on purpose"):

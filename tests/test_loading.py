@@ -29,7 +29,7 @@ def test_swapped_audio_adapters_are_named(zoo_copy):
 def test_unreadable_svd_single_file_is_a_weights_error(zoo_copy, tmp_path):
     bad = tmp_path / "svd_xt.safetensors"
     bad.write_bytes(b"\xff" * 64)
-    with pytest.raises(WeightsError, match="not a readable .safetensors SVD checkpoint"):
+    with pytest.raises(WeightsError, match="is damaged or incomplete"):
         load_models(zoo_copy, svd_checkpoint=bad)
 
 

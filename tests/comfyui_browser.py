@@ -72,15 +72,18 @@ class ComfyPage:
     def load_with_file_chooser(self, path: Path) -> None:
         """Workflow > Open (Ctrl+O) and pick the file in the file chooser."""
         # Some frontend versions drop the shortcut now and then (no chooser appears): the user presses again.
-        for attempt in range(4):
+        # A dialog or toast left open can hold the focus: close it first, as a person would.
+        for attempt in range(5):
             self.click_empty_canvas()
             try:
-                with self.page.expect_file_chooser(timeout=4_000) as chooser:
+                with self.page.expect_file_chooser(timeout=8_000) as chooser:
                     self.page.keyboard.press("Control+o")
                 break
             except PlaywrightTimeout:
-                if attempt == 3:
+                if attempt == 4:
                     raise
+                self.page.keyboard.press("Escape")
+                self.page.wait_for_timeout(500)
         chooser.value.set_files(str(path))
         self.wait_for_graph_change()
 

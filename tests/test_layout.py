@@ -20,6 +20,14 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def imported_module(node: ast.ImportFrom, package: str) -> str:
+    """The dotted module a `from ... import` statement reads, relative levels resolved against `package`."""
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def imported_modules(path: Path, known: set[str]) -> set[str]:
     """Every sonic module `path` imports, at any depth of the file (functions included)."""
     name = module_name(path)
@@ -29,11 +37,7 @@ def imported_modules(path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                stem = ".".join(base + ([node.module] if node.module else []))
-            else:
-                stem = node.module or ""
+            stem = imported_module(node, package)
             # `from .x import y` imports module x.y when y is a module, else x
             targets = [f"{stem}.{alias.name}" if f"{stem}.{alias.name}" in known else stem for alias in node.names]
         else:
@@ -125,11 +129,7 @@ def test_every_sonic_import_resolves_also_inside_functions():
         package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    target = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    target = node.module or ""
+                target = imported_module(node, package)
                 if not (target == "sonic" or target.startswith("sonic.")):
                     continue
                 if target not in modules:

@@ -21,7 +21,7 @@ from .config import LATENT_DOWNSCALE, SonicConfig
 from .devices import resolve_dtype
 from .diffusion.conditioning import audio_conditioning
 from .diffusion.decode import decode_latents, decode_latents_split
-from .diffusion.interpolate import iter_double_frame_rate
+from .diffusion.interpolate import iter_double_frame_rate, iter_double_frame_rate_split
 from .diffusion.sampler import initial_noise, sample_latents
 from .diffusion.schedule import make_schedule
 from .diffusion.timeline import Timeline
@@ -286,7 +286,11 @@ class SonicPipeline:
                                  "pass interpolate=False or load the pipeline with interpolation=True")
         done = 0
         with torch.no_grad(), self._stage("interpolate"):
-            for chunk in iter_double_frame_rate(self.models.rife, frames, device=self.device):
+            if self.executor.num_workers > 1:  # batches spread over the devices, as cut in a serial run
+                chunks = iter_double_frame_rate_split(self.executor, self.executor.replicate(self.models.rife), frames)
+            else:
+                chunks = iter_double_frame_rate(self.models.rife, frames, device=self.device)
+            for chunk in chunks:
                 done += chunk.shape[0]
                 if total:
                     report_progress(callback, "interpolate", done, 2 * total)

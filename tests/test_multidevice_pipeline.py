@@ -34,9 +34,9 @@ def test_threads_over_two_devices_give_the_serial_frames(tiny_zoo, portrait, tor
     spread = SonicPipeline.from_pretrained(tiny_zoo, devices=["cpu", "cpu"], dtype="fp32", face_detector=False)
     assert spread.executor.kind == "threads" and spread.device == torch.device("cpu")
     # decode chunks of 4 frames: 8 chunks in rounds of 2 (split decode), the last one shorter
-    one = serial(portrait, audio, decode_chunk_size=4, interpolate=False, **SMALL)
-    two = spread(portrait, audio, decode_chunk_size=4, interpolate=False, **SMALL)
-    assert torch.equal(one.frames, two.frames)
+    one = serial(portrait, audio, decode_chunk_size=4, **SMALL)
+    two = spread(portrait, audio, decode_chunk_size=4, **SMALL)
+    assert torch.equal(one.frames, two.frames) and one.frames.shape[0] == 60  # RIFE batches split too
     assert sum(spread.executor.unit_counts.values()) == 2 * 2  # 2 windows x 2 steps, decode not counted
     dpm = spread(portrait, audio, sampler="dpmpp_2m", interpolate=False, **SMALL)
     assert torch.equal(dpm.frames, serial(portrait, audio, sampler="dpmpp_2m", interpolate=False, **SMALL).frames)
@@ -51,7 +51,7 @@ def sonic_command(*args: str, launcher=(sys.executable, "-m", "sonic")) -> subpr
 def generate_args(zoo, media, out) -> list[str]:
     return ["generate", "--models", str(zoo), "--image", str(media / "portrait.png"), "--audio",
             str(media / "speech.wav"), "--out", str(out), "--face-box", ",".join(map(str, FACE)),
-            "--min-resolution", "64", "--steps", "2", "--quiet", "--decode-chunk-size", "4", "--no-interpolate",
+            "--min-resolution", "64", "--steps", "2", "--quiet", "--decode-chunk-size", "4",
             "--preset", "ultrafast"]
 
 
@@ -62,6 +62,7 @@ def frames_of(path: Path) -> np.ndarray:
 
 
 def test_cli_devices_and_torchrun_write_one_identical_mp4(tiny_zoo, media, tmp_path):
+    """Split sampling, split decode (8 chunks of 4 frames) and split RIFE (60 frames from 4 batches)."""
     single, threads, ranks = tmp_path / "single", tmp_path / "threads", tmp_path / "ranks"
     for folder in (single, threads, ranks):
         folder.mkdir()
@@ -79,6 +80,7 @@ def test_cli_devices_and_torchrun_write_one_identical_mp4(tiny_zoo, media, tmp_p
     reference = frames_of(single / "talk.mp4")
     assert np.array_equal(frames_of(threads / "talk.mp4"), reference)
     assert np.array_equal(frames_of(ranks / "talk.mp4"), reference)
+    assert reference.shape[0] == 60  # 30 frames doubled by RIFE
 
 
 def test_bad_devices_are_one_line_before_loading(media, tmp_path):

@@ -9,7 +9,9 @@ import torch
 
 from helpers import MANIFESTS, assert_close_peak, assert_close_to_golden, load_golden
 from sonic.errors import ParameterError, WeightsError
-from sonic.diffusion.interpolate import double_frame_rate, interpolate_pairs, iter_double_frame_rate
+from sonic.diffusion.executors import ThreadExecutor
+from sonic.diffusion.interpolate import (double_frame_rate, interpolate_pairs, iter_double_frame_rate,
+                                        iter_double_frame_rate_split)
 from sonic.models.rife import IFNet, build_rife, rife_state_dict
 
 SIZES = ("64x64", "48x80")
@@ -112,6 +114,20 @@ def test_streamed_chunks_equal_whole_tensor_and_are_lazy(model):
     # Every streamed chunk stays small: at most batch_size pairs (2 frames each).
     sizes = [len(c) for c in iter_double_frame_rate(model, iter([video]), batch_size=3)]
     assert max(sizes) <= 6 and sum(sizes) == 14
+
+
+@pytest.mark.parametrize("frames", [1, 2, 4, 7, 8, 9, 17])
+def test_batches_spread_over_devices_give_the_serial_frames(model, frames):
+    """Threads over cpu,cpu: the serial batches (3 pairs + 1 frame of overlap) in rounds of 2, same frames."""
+    video = _video(frames, seed=frames)
+    executor = ThreadExecutor(["cpu", "cpu"])
+    serial = torch.cat(list(iter_double_frame_rate(model, video, batch_size=3)))
+    split_chunks = list(iter_double_frame_rate_split(executor, executor.replicate(model), video, batch_size=3))
+    assert torch.equal(torch.cat(split_chunks), serial)
+    streamed = iter_double_frame_rate_split(executor, executor.replicate(model), iter([video[:3], video[3:]]),
+                                            batch_size=3)
+    assert torch.equal(torch.cat(list(streamed)), serial)
+    assert max(len(chunk) for chunk in split_chunks) <= 6  # one batch per chunk: memory stays bounded
 
 
 def test_single_frame(model):

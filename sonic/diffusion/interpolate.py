@@ -93,12 +93,34 @@ def iter_double_frame_rate(model: IFNet, frames: torch.Tensor | Iterable[torch.T
         frames = [frames]
     if device is not None:
         model.to(device)
-    return _stream_doubled(model, iter(frames), batch_size)
+    return _stream_doubled(lambda batches: [_doubled(model, batch) for batch in batches], iter(frames), batch_size, 1)
 
 
-def _stream_doubled(model: IFNet, chunks: Iterator[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+def iter_double_frame_rate_split(executor, models: list, frames: torch.Tensor | Iterable[torch.Tensor], *,
+                                 batch_size: int = 8) -> Iterator[torch.Tensor]:
+    """`iter_double_frame_rate` with the RIFE batches spread over the devices of `executor` (one
+    `IFNet` per local device, from `executor.replicate`). The batches are the serial ones, so the
+    frames are the same; they run in rounds of one per device and come out in order."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(frames, torch.Tensor):
+        _check_chunk(frames, None)
+        frames = [frames]
+
+    def run_round(batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        return executor.map(lambda worker, batch: _doubled(models[worker], batch), batches, to="cpu", tally=False)
+
+    return _stream_doubled(run_round, iter(frames), batch_size, executor.num_workers)
+
+
+def _stream_doubled(run_round, chunks: Iterator[torch.Tensor], batch_size: int,
+                    round_size: int) -> Iterator[torch.Tensor]:
+    """Cut the stream into batches of `batch_size` + 1 frames (one of overlap) and double them
+    `round_size` batches at a time with `run_round(batches) -> doubled batches`. A round holds
+    batches of one shape (a distributed exchange needs that): the shorter last batch runs alone."""
     size: tuple[int, int] | None = None
-    pending: torch.Tensor | None = None  # frames not yet emitted; its last one waits for a successor
+    pending: torch.Tensor | None = None  # frames not yet batched; its last one waits for a successor
+    ready: list[torch.Tensor] = []
     for chunk in chunks:
         size = _check_chunk(chunk, size)
         if chunk.shape[0] == 0:
@@ -107,12 +129,17 @@ def _stream_doubled(model: IFNet, chunks: Iterator[torch.Tensor], batch_size: in
         pending = chunk if pending is None else torch.cat((pending, chunk))
         # Keep one frame of overlap: the last frame's middle needs the next chunk.
         while pending.shape[0] > batch_size:
-            yield _doubled(model, pending[: batch_size + 1])
+            ready.append(pending[: batch_size + 1])
             pending = pending[batch_size:]
+            if len(ready) == round_size:
+                yield from run_round(ready)
+                ready = []
     if pending is None:
         raise ParameterError("no frames to interpolate: the input video is empty")
+    if ready:
+        yield from run_round(ready)
     if pending.shape[0] > 1:
-        yield _doubled(model, pending)
+        yield from run_round([pending])
     last = pending[-1:].clamp(0, 1)
     yield torch.cat((last, last))
 

@@ -12,7 +12,8 @@ import importlib
 import sys
 
 from . import __version__
-from .errors import failure_message
+from .devices import torchrun_rank
+from .errors import Interrupted, failure_message
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -32,17 +33,25 @@ def main(argv: list[str] | None = None) -> int:
 def guarded(run, *, debug: bool) -> int:
     """Run a command: a failure the user or the environment caused (see `errors.failure_message`)
     becomes one `error:` line and exit status 2; a bug keeps its traceback; `debug` shows all."""
+    where = _rank_prefix()
     try:
         return run()
-    except KeyboardInterrupt:
-        print("interrupted: no output was written", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as exc:  # Ctrl-C, SIGTERM, or a cancel another rank reported
+        reason = str(exc).strip() if isinstance(exc, Interrupted) else ""
+        print(f"{where}interrupted{f' ({reason})' if reason else ''}: no output was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         message = failure_message(exc)
         if debug or message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
+        print(f"{where}error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _rank_prefix() -> str:
+    """"rank 1: " on the helper ranks of a torchrun job, whose lines interleave with rank 0's."""
+    rank = torchrun_rank()
+    return f"rank {rank}: " if rank else ""
 
 
 def _attach_negative_values(argv: list[str], options: tuple[str, ...]) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from .errors import ParameterError
 
 _DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
@@ -53,3 +55,13 @@ def resolve_dtype(dtype, device):
     if dtype == torch.float16 and device.type == "cpu":
         raise ParameterError("fp16 on the CPU is extremely slow and not supported; use dtype fp32 or bf16 on CPU")
     return dtype
+
+
+def launched_by_torchrun() -> bool:
+    """True inside a torchrun worker of a run with several processes (read from its environment)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and "RANK" in os.environ
+
+
+def torchrun_rank() -> int:
+    """This process's rank in a torchrun job; 0 outside one."""
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0

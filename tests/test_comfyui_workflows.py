@@ -6,6 +6,7 @@ import json
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from comfyui_server import REPO, apply_test_settings, fast_overrides, final_message, run_prompt, ui_preset
@@ -129,3 +130,25 @@ def test_preset_runs_to_an_mp4_with_sound(comfy_server, tmp_path, name):
     # The frontend reopens a dropped MP4 from these two tags (as written by core SaveVideo).
     assert json.loads(facts["tags"]["workflow"])["nodes"] == ui_workflow["nodes"], "UI workflow not embedded"
     assert json.loads(facts["tags"]["prompt"])["5"]["inputs"]["inference_steps"] == 2
+
+
+def test_loader_devices_option_gives_the_one_device_video(comfy_server, tmp_path):
+    """Sonic Model Loader with devices=cpu,cpu (threads, one UNet copy each) writes the frames of the default."""
+    import soundfile as sf
+
+    from helpers import SR, speech_like
+    from sonic.media.probe import read_video
+
+    sf.write(comfy_server.base / "input" / "speech_2s.wav", speech_like(2.4), SR, subtype="PCM_16")
+    videos = []
+    for devices in ("", "cpu,cpu"):
+        prompt = apply_test_settings(load(WORKFLOWS / "api" / "sonic_fast.json"), fast_overrides())
+        apply_test_settings(prompt, {"image": "portrait.png", "audio": "speech_2s.wav", "duration": 2.4})
+        loader = next(node for node in prompt.values() if node["class_type"] == "SonicModelLoader")
+        loader["inputs"]["devices"] = devices
+        prompt_id, messages = run_prompt(comfy_server, prompt)
+        end = final_message(messages)
+        assert end["type"] == "execution_success", f"{end}\n{comfy_server.log()}"
+        videos.append(read_video(fetch_video(comfy_server, prompt_id, tmp_path / f"devices{len(videos)}.mp4"))[0])
+    assert videos[0].shape[0] == 60  # 2.4 s: 30 generated frames (2 windows a step, one per thread), doubled
+    assert np.array_equal(videos[0], videos[1])

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +90,49 @@ def test_bad_devices_are_one_line_before_loading(media, tmp_path):
     done = sonic_command(*generate_args(tmp_path / "nowhere", media, tmp_path / "x.mp4"), "--devices", "cpu,tpu:3")
     assert done.returncode == 2
     assert done.stderr.startswith("error:") and done.stderr.count("\n") == 1
+
+
+def rank_pids(launcher_pid: int) -> dict[int, int]:
+    """torchrun's worker processes by rank (read from their environment)."""
+    found = {}
+    for child in Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split():
+        env = dict(item.split("=", 1) for item in Path(f"/proc/{child}/environ").read_text().split("\0") if "=" in item)
+        found[int(env["RANK"])] = int(child)
+    return found
+
+
+def test_interrupting_one_torchrun_rank_stops_every_rank_without_output(tiny_zoo, tmp_path):
+    """SIGINT to rank 1 mid-sampling: both ranks exit 130 with one line each, and no MP4 is left."""
+    media = tmp_path / "media"
+    media.mkdir()
+    Image.fromarray(np.full((80, 72, 3), 120, np.uint8)).save(media / "portrait.png")
+    sf.write(media / "speech.wav", speech_like(6.0), SR, subtype="PCM_16")  # 75 frames: 3 windows
+    args = generate_args(tiny_zoo, media, tmp_path / "talk.mp4")
+    args = [a for a in args if a != "--quiet"]
+    args[args.index("--steps") + 1] = "200"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                                 "2", "-m", "sonic", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env, cwd=ROOT, text=True)
+    lines: list[str] = []  # pieces of rank 0's stderr (progress bars redraw with CR, not LF)
+    reader = threading.Thread(target=lambda: lines.extend(iter(lambda: launcher.stderr.read(64), "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while "sample:" not in "".join(lines) and time.monotonic() < deadline:
+            assert launcher.poll() is None, "".join(lines)[-3000:]
+            time.sleep(0.2)
+        time.sleep(1.0)  # well inside the 200 steps
+        os.kill(rank_pids(launcher.pid)[1], signal.SIGINT)
+        launcher.wait(timeout=60)
+    finally:
+        launcher.kill()
+    reader.join(timeout=10)
+    text = "".join(lines).replace("\r", "\n")
+    assert launcher.returncode != 0
+    assert "rank 1: interrupted: no output was written" in text
+    assert "\ninterrupted (cancelled on rank 1: every rank stopped): no output was written" in text \
+        or "\ninterrupted: no output was written" in text  # a SIGTERM from torchrun when rank 1 left first
+    assert text.count("exitcode  : 130") == 2  # torchrun's summary of its workers
+    assert text.count("Traceback (most recent call last)") <= 1  # torchrun's own ChildFailedError, none of ours
+    assert list(tmp_path.glob("*.mp4")) == [] and not any(p.name.startswith(".") for p in tmp_path.iterdir())

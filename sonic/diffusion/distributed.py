@@ -5,6 +5,9 @@ on CPUs). Per step, unit i goes to rank i % world; every rank then gathers all r
 them in canonical order, so all ranks hold the same latents without any further exchange.
 
 Faults end the run on every rank, never in a hang:
+* a cancel (Ctrl-C, SIGTERM) on any rank is collective: it is reported at the next status exchange
+  and every rank raises `Interrupted` there. A signal that lands while the ranks are exchanging
+  is held until the exchange ends (leaving mid-exchange would look like a dead rank to the others);
 * before results travel, the ranks exchange a status (ok / failed / cancelled, with a message):
   a rank whose unit raised, or whose callback cancelled, makes every rank raise at the same step;
 * a rank that dies or hangs breaks the next collective: gloo reports a closed connection at once,
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import socket
+import threading
 import time
 from collections import Counter
 from typing import Callable, Optional, Sequence
@@ -40,11 +45,6 @@ class RankFailedError(SonicError):
 
 class RankLostError(SonicError):
     """A rank died, was killed or did not answer within the process-group timeout."""
-
-
-def launched_by_torchrun() -> bool:
-    """True inside a torchrun worker of a run with several processes."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
 def timeout_seconds() -> float:
@@ -94,6 +94,9 @@ class DistributedExecutor:
         self.is_main = self.rank == 0
         self.unit_counts: Counter = Counter()
         self.peers = self._exchange_identities()
+        self._exchanging = False
+        self._held_signal: int | None = None  # a cancel signal that arrived during an exchange
+        self._previous_handlers = _install_handlers(self._on_signal)
 
     @classmethod
     def from_environment(cls) -> "DistributedExecutor":
@@ -121,10 +124,12 @@ class DistributedExecutor:
         status, message = STATUS_OK, ""
         try:
             for index in mine:
+                self._raise_held_signal()
                 local.append(compute(0, units[index]).to(self.main_device))
                 self.unit_counts[self.rank] += tally
                 if on_result is not None:
                     on_result(index)
+            self._raise_held_signal()  # also on a rank without units this step
         except (Interrupted, KeyboardInterrupt) as exc:
             status, message = STATUS_CANCELLED, str(exc) or "interrupted"
             error: BaseException = exc
@@ -149,8 +154,28 @@ class DistributedExecutor:
         return [gathered[i % self.num_workers][i // self.num_workers].to(target) for i in range(len(units))]
 
     def close(self) -> None:
+        _restore_handlers(self._previous_handlers)
+        self._previous_handlers = {}
         if self.dist.is_initialized():
             self.dist.destroy_process_group()
+
+    # ------------------------------------------------------------------------ cancel
+    def _on_signal(self, signum: int, frame) -> None:
+        if self._exchanging:
+            self._held_signal = signum  # acted on before the next unit (see the module doc)
+            return
+        previous = self._previous_handlers.get(signum)
+        if previous == signal.SIG_IGN:
+            return
+        if callable(previous):
+            previous(signum, frame)  # e.g. the CLI's SIGTERM handler, which raises KeyboardInterrupt
+        raise KeyboardInterrupt
+
+    def _raise_held_signal(self) -> None:
+        if self._held_signal is not None:
+            name = signal.Signals(self._held_signal).name
+            self._held_signal = None
+            raise KeyboardInterrupt(f"{name} received")
 
     # ------------------------------------------------------------------------ faults
     def _exchange_status(self, status: int, message: str, shape: tuple[int, ...]) -> list[tuple[int, str, tuple]]:
@@ -180,6 +205,7 @@ class DistributedExecutor:
             raise Interrupted(f"cancelled on rank {cancelled[0]}: every rank stopped")
 
     def _collective(self, call: Callable[[], object], what: str) -> None:
+        self._exchanging = True
         try:
             call()
         except Exception as exc:  # gloo/NCCL errors have several types (DistBackendError, RuntimeError, ...)
@@ -192,6 +218,8 @@ class DistributedExecutor:
                    else "a rank died, was killed or did not answer")
             raise RankLostError(f"rank {self.rank} lost contact with the other ranks while {what}: {who}; "
                                 f"every rank stops ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        finally:
+            self._exchanging = False
 
     def _exchange_identities(self) -> list[tuple[str, int]]:
         """(host, pid) of every rank: lets a survivor name the dead ranks of its machine."""
@@ -203,6 +231,23 @@ class DistributedExecutor:
         host = socket.gethostname()
         return [rank for rank, (peer_host, pid) in enumerate(self.peers)
                 if rank != self.rank and peer_host == host and not _process_alive(pid)]
+
+
+def _install_handlers(handler) -> dict:
+    """Route SIGINT and SIGTERM through `handler` (main thread only; elsewhere signals stay as they are)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, handler)
+    return previous
+
+
+def _restore_handlers(previous: dict) -> None:
+    if threading.current_thread() is threading.main_thread():
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def _process_alive(pid: int) -> bool:

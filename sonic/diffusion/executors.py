@@ -184,7 +184,7 @@ def parse_devices(text: str | Sequence | None) -> list[torch.device] | None:
 def executor_for(devices=None, device=None):
     """The executor of a pipeline: `devices` itself when it is one; torchrun's when launched by it;
     threads for a list of several devices; else serial on `device` (None: the best available)."""
-    from .distributed import launched_by_torchrun
+    from ..devices import launched_by_torchrun
 
     if hasattr(devices, "map") and hasattr(devices, "local_devices"):
         return devices

@@ -174,7 +174,7 @@ def placement_record(pipe, stage: str, device: torch.device) -> dict[str, Any]:
 def bench_device(settings: BenchSettings) -> torch.device:
     """The main device: torchrun's rank device, the first of --devices, or --device."""
     from ..devices import resolve_device
-    from ..diffusion.distributed import launched_by_torchrun
+    from ..devices import launched_by_torchrun
     from ..diffusion.executors import parse_devices
 
     if launched_by_torchrun():

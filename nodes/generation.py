@@ -207,6 +207,12 @@ class SonicInference:
             cond = sonic_model.encode(predata, dynamic_scale=dynamic_scale, motion_scale=motion_scale, callback=progress)
             latents = sonic_model.sample(cond, inference_steps=inference_steps, i2i_noise_strength=strength, seed=seed,
                                          callback=progress, **advanced)
+        if sonic_model.executor.num_workers > 1:  # several devices (the loader's `devices`): say how they shared
+            from sonic.diffusion.executors import window_spread_summary
+
+            layout = {k: advanced[k] for k in ("frames_per_window", "window_overlap") if k in advanced}
+            summary = window_spread_summary(sonic_model.executor, latents.shape[1], cond.job.config.replace(**layout))
+            print(f"[Sonic] spread: {summary}", flush=True)
         del cond
         release_memory(sonic_model)
         return (SonicLatents(latents, predata),)

@@ -97,7 +97,7 @@ def run(args) -> int:
 
     import torch
 
-    from ..diffusion.executors import executor_for
+    from ..diffusion.executors import executor_for, window_spread_summary
     from ..media.video import write_mp4
     from ..pipeline import SonicPipeline
 
@@ -132,7 +132,7 @@ def run(args) -> int:
     print(f"wrote {out_path}: {out.num_frames} frames at {out.fps:g} fps = {out.seconds:.2f} s of video, "
           f"{width}x{height} px, in {seconds:.1f} s ({peak})")
     if executor.num_workers > 1:
-        print(f"spread: {windows_summary(executor, out.timeline.generated_frames, out.config)}")
+        print(f"spread: {window_spread_summary(executor, out.timeline.generated_frames, out.config)}")
     for line in postprocess_summary(out.report.get("postprocess") or {}):
         print(line)
     executor.close()
@@ -153,17 +153,6 @@ def run_helper_rank(args, executor, config, image, audio, face_box, postprocess)
         pass
     executor.close()
     return 0
-
-
-def windows_summary(executor, num_frames: int, config) -> str:
-    """`5 windows/step over 2 devices: 3+2` for the clip just made."""
-    from ..diffusion.executors import spread_summary
-    from ..diffusion.windows import work_units
-
-    windows = -(-num_frames // (config.frames_per_window - config.window_overlap))
-    units = work_units(windows, executor.num_workers)
-    name = "windows" if units[0][1] is None else f"(window, branch) units of {windows} window(s)"
-    return spread_summary(executor, len(units), name)
 
 
 def config_from_args(args):

@@ -216,6 +216,16 @@ def spread_summary(executor, units_per_step: int, unit_name: str = "windows") ->
     return f"{units_per_step} {unit_name}/step over {workers} devices: {text}"
 
 
+def window_spread_summary(executor, num_frames: int, config) -> str:
+    """`spread_summary` for a clip of `num_frames` generated frames sampled with `config` (a SonicConfig)."""
+    from .windows import work_units
+
+    windows = -(-num_frames // (config.frames_per_window - config.window_overlap))
+    units = work_units(windows, executor.num_workers)
+    name = "windows" if units[0][1] is None else f"(window, branch) units of {windows} window(s)"
+    return spread_summary(executor, len(units), name)
+
+
 def static_assignment(num_units: int, workers: int) -> list[int]:
     """Units per worker when unit i goes to worker i % workers."""
     return [len(range(w, num_units, workers)) for w in range(workers)]

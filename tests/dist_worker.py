@@ -86,6 +86,7 @@ def run_all(executor, args) -> dict:
                 results[(num_frames, split, "serial")] = sample_latents(unet, executor=SerialExecutor(), **run)
         if args.fault:
             break
+    executor.raise_if_cancelled()  # a cancel held during the last exchange
     return results
 
 

@@ -121,7 +121,7 @@ def run(args) -> int:
         out = pipe(image, audio, postprocess=postprocess, **settings) if postprocess \
             else pipe.stream(image, audio, **settings)
         metadata = provenance(args.image, args.audio, out.config, extra=out.report)
-        write_mp4(out_path, out.frames, fps=out.fps, audio=out.audio, sample_rate=out.sample_rate, crf=args.crf,
+        write_mp4(out_path, checked_at_end(out.frames, executor), fps=out.fps, audio=out.audio, sample_rate=out.sample_rate, crf=args.crf,
                   preset=args.preset, metadata=metadata, overwrite=args.overwrite)
     finally:
         progress.close()
@@ -149,10 +149,24 @@ def run_helper_rank(args, executor, config, image, audio, face_box, postprocess)
                                          interpolation=config.interpolate, config=config)
     settings = dict(face_box=face_box, face_index=args.face_index)
     out = pipe(image, audio, postprocess=postprocess, **settings) if postprocess else pipe.stream(image, audio, **settings)
-    for _ in out.frames:  # the decode chunks are spread over the ranks: take part, drop the pixels
+    for _ in checked_at_end(out.frames, executor):  # the decode chunks are spread over the ranks: take part
         pass
     executor.close()
     return 0
+
+
+def checked_at_end(frames, executor):
+    """The frames, then a check for a cancel that arrived during the last exchange of the ranks
+    (before the MP4 is published): streamed frames are checked after the last chunk."""
+    if not hasattr(frames, "__next__"):
+        executor.raise_if_cancelled()
+        return frames
+
+    def stream():
+        yield from frames
+        executor.raise_if_cancelled()
+
+    return stream()
 
 
 def config_from_args(args):

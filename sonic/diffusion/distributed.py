@@ -171,6 +171,11 @@ class DistributedExecutor:
             previous(signum, frame)  # e.g. the CLI's SIGTERM handler, which raises KeyboardInterrupt
         raise KeyboardInterrupt
 
+    def raise_if_cancelled(self) -> None:
+        """Raise `KeyboardInterrupt` for a signal held since the last exchange. Call it once the
+        collective work is over and before anything is published: no later step would report it."""
+        self._raise_held_signal()
+
     def _raise_held_signal(self) -> None:
         if self._held_signal is not None:
             name = signal.Signals(self._held_signal).name

@@ -59,6 +59,9 @@ class SerialExecutor:
                 on_result(index)  # an exception here (cancel) stops before the next unit
         return results
 
+    def raise_if_cancelled(self) -> None:
+        """Only the distributed executor holds signals back (during its exchanges)."""
+
     def close(self) -> None:
         pass
 

@@ -196,8 +196,7 @@ class DistributedExecutor:
         for row in gathered:
             row = row.cpu()
             ndim = int(row[1])
-            text = bytes(int(b) for b in row[2 + MAX_DIMS:] if int(b) != 0).decode("utf-8", "replace")
-            result.append((int(row[0]), text, tuple(int(v) for v in row[2:2 + ndim])))
+            result.append((int(row[0]), _text(row[2 + MAX_DIMS:]), tuple(int(v) for v in row[2:2 + ndim])))
         return result
 
     def _raise_for_peers(self, statuses) -> None:
@@ -228,14 +227,25 @@ class DistributedExecutor:
 
     def _exchange_identities(self) -> list[tuple[str, int]]:
         """(host, pid) of every rank: lets a survivor name the dead ranks of its machine."""
-        identity = [None] * self.num_workers
-        self.dist.all_gather_object(identity, (socket.gethostname(), os.getpid()))
-        return identity
+        # A fixed-size tensor, not all_gather_object: nothing a peer sends is unpickled.
+        host = socket.gethostname().encode("utf-8", "replace")[:MESSAGE_BYTES]
+        packet = torch.zeros(1 + MESSAGE_BYTES, dtype=torch.int64)
+        packet[0] = os.getpid()
+        packet[1:1 + len(host)] = torch.tensor(list(host), dtype=torch.int64)
+        packet = packet.to(self.main_device)
+        gathered = [torch.empty_like(packet) for _ in range(self.num_workers)]
+        self.dist.all_gather(gathered, packet)
+        return [(_text(row[1:]), int(row[0])) for row in (row.cpu() for row in gathered)]
 
     def dead_local_ranks(self) -> list[int]:
         host = socket.gethostname()
         return [rank for rank, (peer_host, pid) in enumerate(self.peers)
                 if rank != self.rank and peer_host == host and not _process_alive(pid)]
+
+
+def _text(codes: torch.Tensor) -> str:
+    """The UTF-8 text of a zero-padded row of byte values."""
+    return bytes(int(b) for b in codes if int(b) != 0).decode("utf-8", "replace")
 
 
 def _install_handlers(handler) -> dict:

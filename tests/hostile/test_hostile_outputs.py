@@ -16,14 +16,17 @@ from hostile_helpers import REPO, assert_one_line_error, listing, run_python, ru
 
 # A child that writes `frames` slowly (one 32x32 frame every `pause` s) into OUT.
 WRITER = """
-import sys, time, numpy as np
+import os, sys, time, numpy as np
 from sonic.media.video import write_mp4
 out, count, pause, overwrite = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1"
 if len(sys.argv) > 5:  # start together with another writer (both past the "is the name free?" check)
     time.sleep(max(0.0, float(sys.argv[5]) - time.time()))
+gate = os.environ.get("WRITER_GATE")  # after 10 frames, wait until this file exists
 def frames():
     for i in range(count):
         time.sleep(pause)
+        while gate and i == 10 and not os.path.exists(gate):
+            time.sleep(0.05)
         yield np.full((1, 32, 32, 3), (i * 7) % 255, np.uint8)
 try:
     write_mp4(out, frames(), fps=25, overwrite=overwrite, preset="ultrafast")
@@ -77,8 +80,9 @@ def test_kill_9_leaves_a_scratch_folder_that_the_next_run_sweeps(tmp_path):
 
 def test_a_running_job_is_never_swept(tmp_path):
     """A second run in the same folder leaves the first one's (locked) scratch folder alone."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    slow = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "slow.mp4"), "1000", "0.05", "0"], env=env,
+    gate = tmp_path.parent / f"{tmp_path.name}-gate"  # outside the folder whose listing is checked
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", WRITER_GATE=str(gate))
+    slow = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "slow.mp4"), "20", "0", "0"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not any((tmp_path / ".sonic-partial").glob("*/final.mp4")):
@@ -87,6 +91,7 @@ def test_a_running_job_is_never_swept(tmp_path):
     quick = run_python(WRITER, tmp_path / "quick.mp4", 2, 0, 0)
     assert quick.stdout.strip() == "wrote", quick.stderr
     assert slow.poll() is None, "the slow writer should still be running"
+    gate.touch()
     stdout, stderr = slow.communicate(timeout=120)
     assert stdout.strip() == "wrote", stderr
     assert listing(tmp_path) == ["quick.mp4", "slow.mp4"]

@@ -142,3 +142,14 @@ def test_every_sonic_import_resolves_also_inside_functions():
                 broken += [f"{path.relative_to(REPO)}:{node.lineno} {alias.name}" for alias in node.names
                            if alias.name.startswith("sonic") and alias.name not in modules]
     assert not broken, "imports that do not resolve: " + ", ".join(broken)
+
+
+def test_command_help_does_not_import_torch_and_weights_names_resolve():
+    """`--help` stays instant (torch takes seconds to import); `sonic.weights` loads its parts lazily."""
+    script = ("import sys\nfrom sonic.cli import main, COMMANDS\nfor name in COMMANDS:\n    try:\n"
+              "        main([name, '--help'])\n    except SystemExit:\n        pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]
+    import sonic.weights as weights
+
+    assert all(getattr(weights, name) is not None for name in weights.__all__)

@@ -9,20 +9,33 @@
 
 from __future__ import annotations
 
-from .checking import (HINTS, RELEASE_NAMES, check_state_dict, hint_audio2bucket_as_audio2token,
-                       hint_audio2token_as_audio2bucket, hint_rife_prefix, hint_stock_svd_unet, hint_wrong_model,
-                       identify_weights, load_strict, shapes_of)
-from ..models.rife import rife_state_dict
-from .convert import convert_checkpoints, convert_file, safetensors_digests, state_dict_digests, tensor_digest
-from .locate import (BUILTIN_SVD_CONFIGS, SONIC_REPO, SVD_REPO, WHISPER_REPO, ModelFiles, find_model_files)
-from .reading import read_safetensors_metadata, read_state_dict, unsafe_pickle_globals
-from .torchscript import read_torchscript_tensors
+import importlib
 
-__all__ = [
-    "ModelFiles", "find_model_files", "BUILTIN_SVD_CONFIGS", "SONIC_REPO", "SVD_REPO", "WHISPER_REPO",
-    "read_state_dict", "read_safetensors_metadata", "unsafe_pickle_globals", "read_torchscript_tensors",
-    "check_state_dict", "load_strict", "shapes_of", "identify_weights", "rife_state_dict", "HINTS", "RELEASE_NAMES",
-    "hint_stock_svd_unet", "hint_audio2bucket_as_audio2token", "hint_audio2token_as_audio2bucket",
-    "hint_rife_prefix", "hint_wrong_model",
-    "convert_checkpoints", "convert_file", "tensor_digest", "state_dict_digests", "safetensors_digests",
-]
+# Imported on first use (PEP 562): `sonic.weights.locate` is read by the CLI's help texts, which
+# must not pay for importing torch (checking/convert/reading need it).
+_WHERE = {
+    "checking": ("HINTS", "RELEASE_NAMES", "check_state_dict", "hint_audio2bucket_as_audio2token",
+                 "hint_audio2token_as_audio2bucket", "hint_rife_prefix", "hint_stock_svd_unet", "hint_wrong_model",
+                 "identify_weights", "load_strict", "shapes_of"),
+    "convert": ("convert_checkpoints", "convert_file", "safetensors_digests", "state_dict_digests", "tensor_digest"),
+    "locate": ("BUILTIN_SVD_CONFIGS", "SONIC_REPO", "SVD_REPO", "WHISPER_REPO", "ModelFiles", "find_model_files"),
+    "reading": ("read_safetensors_metadata", "read_state_dict", "unsafe_pickle_globals"),
+    "torchscript": ("read_torchscript_tensors",),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+_MODULE_OF["rife_state_dict"] = "..models.rife"
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module if module.startswith(".") else f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -32,6 +32,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--frames", default=",".join(map(str, FRAME_COUNTS)), help="clip lengths, comma-separated")
     args = parser.parse_args()
+    # Ctrl-C semantics even when the suite was started as a background job, whose children inherit
+    # an ignored SIGINT (Python then installs no KeyboardInterrupt handler).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     torch.set_num_threads(1)
     out = Path(args.out)
     from sonic.diffusion.distributed import DistributedExecutor, init_process_group

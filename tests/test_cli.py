@@ -113,7 +113,7 @@ def test_doctor_reports_ok_and_missing(tiny_zoo, tmp_path):
     assert "unet.pth" in bad.stdout + bad.stderr
 
 
-def test_cheap_checks_come_before_any_model_loads(media, tmp_path):
+def test_cheap_checks_come_before_any_model_loads(media, tmp_path, capsys):
     """Absurd settings and unusable output paths fail at once, even without any weights."""
     base = ["generate", "--models", tmp_path / "no-weights", "--image", media / "portrait.png",
             "--audio", media / "speech_0.3.wav"]
@@ -126,10 +126,16 @@ def test_cheap_checks_come_before_any_model_loads(media, tmp_path):
              (["--out", tmp_path / "a.mp4", "--steps", 100000], "inference_steps"),
              (["--out", tmp_path / "a.mp4", "--dynamic-scale", "nan"], "dynamic_scale"),
              (["--out", tmp_path / "a.mp4", "--decode-chunk-size", 0], "decode_chunk_size")]
+    from sonic.cli import main
+
+    # In this process (the exit status and the one line are main()'s; one case also as a real process).
     for extra, message in cases:
-        result = run_sonic(*base, *extra)
-        assert result.returncode == 2 and message in result.stderr, (extra, result.stderr)
-        assert "Traceback" not in result.stderr and "model file(s) missing" not in result.stderr
+        status = main([str(a) for a in (*base, *extra)])
+        stderr = capsys.readouterr().err
+        assert status == 2 and message in stderr and stderr.count("\n") == 1, (extra, stderr)
+        assert "model file(s) missing" not in stderr
+    result = run_sonic(*base, *cases[0][0])
+    assert result.returncode == 2 and result.stderr.startswith("error: crf must be"), result.stderr
     # A negative coordinate is a value, not an option: the face-box check (before the weights) names it.
     result = run_sonic(*base, "--out", tmp_path / "a.mp4", "--face-box", "-5,0,60,70")
     assert result.returncode == 2 and "face_box '-5,0,60,70' is empty or negative" in result.stderr, result.stderr

@@ -20,7 +20,9 @@ import os, sys, time, numpy as np
 from sonic.media.video import write_mp4
 out, count, pause, overwrite = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1"
 if len(sys.argv) > 5:  # start together with another writer (both past the "is the name free?" check)
-    time.sleep(max(0.0, float(sys.argv[5]) - time.time()))
+    open(os.path.join(sys.argv[5], f"ready-{os.getpid()}"), "w").close()
+    while not os.path.exists(os.path.join(sys.argv[5], "go")):
+        time.sleep(0.02)
 gate = os.environ.get("WRITER_GATE")  # after 10 frames, wait until this file exists
 def frames():
     for i in range(count):
@@ -40,9 +42,15 @@ def test_two_concurrent_writers_exactly_one_wins(tmp_path):
     out = tmp_path / "same.mp4"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     # Both check the name at the start (it is free), both finish while the other is still writing.
-    start_at = str(time.time() + 20)  # both processes are up and have imported sonic by then
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(out), "12", "0.05", "0", start_at], env=env,
+    start = tmp_path.parent / f"{tmp_path.name}-start"  # outside the folder whose listing is checked
+    start.mkdir()
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(out), "12", "0.05", "0", str(start)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    deadline = time.monotonic() + 60
+    while len(list(start.glob("ready-*"))) < 2:  # both have imported sonic and wait
+        assert time.monotonic() < deadline and all(w.poll() is None for w in writers)
+        time.sleep(0.05)
+    (start / "go").touch()
     results = [w.communicate(timeout=120) for w in writers]
     said = sorted(stdout.strip() for stdout, _ in results)
     assert said[1] == "wrote", results

@@ -170,8 +170,10 @@ class ComfyPage:
                                 ".litesearchbox input:visible").first
         for attempt in range(3):  # a double-click right after other input is sometimes not taken: try again
             x, y = self.empty_canvas_point()
-            self.page.mouse.move(x, y)
-            self.page.wait_for_timeout(300)
+            # After a search the canvas takes the first press for itself (focus): give it a click,
+            # then double-click once the double-click interval has passed.
+            self.page.mouse.click(x, y)
+            self.page.wait_for_timeout(400)
             self.page.mouse.dblclick(x, y)
             try:
                 box.wait_for(state="visible", timeout=2_500)
@@ -185,8 +187,13 @@ class ComfyPage:
         self.page.wait_for_function("(text) => document.activeElement?.value === text", arg=display_name,
                                     timeout=10_000)
         self.page.wait_for_timeout(800)  # the search is debounced
+        count = len(before)
         self.page.keyboard.press("Enter")
-        self.page.wait_for_timeout(700)
+        try:  # the node appears within a frame or two; wait for it instead of a fixed pause
+            self.page.wait_for_function("(count) => app.graph._nodes.length > count", arg=count, timeout=3_000)
+            self.page.wait_for_timeout(300)  # let the frontend finish building its widgets
+        except PlaywrightTimeout:
+            pass  # nothing was added: reported by the caller
         added = [n for n in self.nodes() if n["id"] not in before]
         return added[0] if len(added) == 1 else None
 

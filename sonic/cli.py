@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from . import __version__
-from .devices import torchrun_rank
+from .devices import launched_by_torchrun, torchrun_rank
 from .errors import Interrupted, failure_message
 
 EXIT_USER_ERROR = 2
@@ -37,6 +37,8 @@ def guarded(run, *, debug: bool) -> int:
     try:
         return run()
     except (KeyboardInterrupt, Interrupted) as exc:  # Ctrl-C, SIGTERM, or a cancel another rank reported
+        if launched_by_torchrun():  # torchrun SIGTERMs the ranks still running: this one is already stopping
+            _ignore_further_signals()
         reason = str(exc).strip() if isinstance(exc, Interrupted) else ""
         print(f"{where}interrupted{f' ({reason})' if reason else ''}: no output was written", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -46,6 +48,15 @@ def guarded(run, *, debug: bool) -> int:
             raise
         print(f"{where}error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _ignore_further_signals() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def _rank_prefix() -> str:

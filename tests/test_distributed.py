@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from dist_worker import FRAME_COUNTS
@@ -131,3 +132,39 @@ def test_interrupting_one_rank_stops_every_rank(tmp_path):
     assert wait_all(procs, 60) == [130, 130]
     assert (tmp_path / "rank0.txt").read_text() == "Interrupted: cancelled on rank 1: every rank stopped"
     assert (tmp_path / "rank1.txt").read_text().startswith("KeyboardInterrupt")
+
+
+def test_a_signal_during_an_exchange_is_held_until_the_next_step(monkeypatch):
+    """SIGINT that lands inside a collective does not break it: the step completes, and the next
+    step (or `raise_if_cancelled`, after the last one) raises KeyboardInterrupt. One real gloo rank."""
+    from sonic.diffusion.distributed import DistributedExecutor, init_process_group
+
+    for name, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
+                            LOCAL_RANK="0").items():
+        monkeypatch.setenv(name, value)
+    init_process_group(backend="gloo", timeout_s=30)
+    executor = DistributedExecutor()
+    try:
+        real_all_gather = executor.dist.all_gather
+
+        def all_gather_hit_by_ctrl_c(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler here, inside the exchange
+            return real_all_gather(*args, **kwargs)
+
+        def compute(worker, unit):
+            return torch.full((2,), float(unit))
+
+        monkeypatch.setattr(executor.dist, "all_gather", all_gather_hit_by_ctrl_c)
+        assert [r.tolist() for r in executor.map(compute, [1, 2])] == [[1.0, 1.0], [2.0, 2.0]]
+        monkeypatch.setattr(executor.dist, "all_gather", real_all_gather)
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            executor.map(compute, [3, 4])  # reported as this rank's cancel at the step's status exchange
+        monkeypatch.setattr(executor.dist, "all_gather", all_gather_hit_by_ctrl_c)
+        executor.map(compute, [5])  # the last step completes...
+        monkeypatch.setattr(executor.dist, "all_gather", real_all_gather)
+        with pytest.raises(KeyboardInterrupt):
+            executor.raise_if_cancelled()  # ...and the held signal stops the job before anything is published
+        executor.raise_if_cancelled()  # raised once
+    finally:
+        executor.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

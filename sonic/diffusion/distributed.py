@@ -7,7 +7,9 @@ them in canonical order, so all ranks hold the same latents without any further 
 Faults end the run on every rank, never in a hang:
 * a cancel (Ctrl-C, SIGTERM) on any rank is collective: it is reported at the next status exchange
   and every rank raises `Interrupted` there. A signal that lands while the ranks are exchanging
-  is held until the exchange ends (leaving mid-exchange would look like a dead rank to the others);
+  is held until the exchange ends (leaving mid-exchange would look like a dead rank to the others).
+  While an executor is open it owns SIGINT/SIGTERM of the main thread (a previous handler is still
+  called first; `close()` restores them);
 * before results travel, the ranks exchange a status (ok / failed / cancelled, with a message):
   a rank whose unit raised, or whose callback cancelled, makes every rank raise at the same step;
 * a rank that dies or hangs breaks the next collective: gloo reports a closed connection at once,

@@ -75,8 +75,9 @@ class ComfyPage:
         # A dialog or toast left open can hold the focus: close it first, as a person would.
         for attempt in range(5):
             self.click_empty_canvas()
-            try:
-                with self.page.expect_file_chooser(timeout=8_000) as chooser:
+            self.page.wait_for_timeout(300)  # let the click's focus change land before the shortcut
+            try:  # the chooser opens well within a second when the shortcut is taken
+                with self.page.expect_file_chooser(timeout=3_000) as chooser:
                     self.page.keyboard.press("Control+o")
                 break
             except PlaywrightTimeout:

@@ -161,12 +161,15 @@ def test_audio_upload_button_uploads_and_the_player_plays(ui, ui_server):
         return node.widgets.find((w) => w.name === 'audio').value === 'speech.wav';
     }""", timeout=20_000)
     player = ui.page.wait_for_function("""() => {
-        const el = [...document.querySelectorAll('audio')].find((a) => (a.currentSrc || a.src).includes('speech.wav'));
+        // by file name: the preset's own example_speech.wav player may still be on the page
+        const el = [...document.querySelectorAll('audio')].find((a) => a.currentSrc || a.src
+            ? new URL(a.currentSrc || a.src).searchParams.get('filename') === 'speech.wav' : false);
         return el && el.readyState >= 2 && el.duration > 1 ? {duration: el.duration, src: el.currentSrc} : null;
     }""", timeout=20_000).json_value()
     assert abs(player["duration"] - 1.2) < 0.1, player
     playing = ui.page.evaluate("""async () => {
-        const el = [...document.querySelectorAll('audio')].find((a) => (a.currentSrc || a.src).includes('speech.wav'));
+        const el = [...document.querySelectorAll('audio')].find((a) => a.currentSrc || a.src
+            ? new URL(a.currentSrc || a.src).searchParams.get('filename') === 'speech.wav' : false);
         await el.play();
         await new Promise((r) => setTimeout(r, 400));
         const t = el.currentTime; el.pause(); return t;

@@ -69,11 +69,15 @@ def test_cli_devices_and_torchrun_write_one_identical_mp4(tiny_zoo, media, tmp_p
     single, threads, ranks = tmp_path / "single", tmp_path / "threads", tmp_path / "ranks"
     for folder in (single, threads, ranks):
         folder.mkdir()
-    done = sonic_command(*generate_args(tiny_zoo, media, single / "talk.mp4"), "--device", "cpu")
-    assert done.returncode == 0, done.stderr
-    done = sonic_command(*generate_args(tiny_zoo, media, threads / "talk.mp4"), "--devices", "cpu,cpu")
-    assert done.returncode == 0, done.stderr
-    assert "spread: 2 windows/step over 2 devices: " in done.stdout
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    # The one-device and the threads runs at the same time (one core each), then torchrun alone.
+    runs = [subprocess.Popen([sys.executable, "-m", "sonic", *generate_args(tiny_zoo, media, folder / "talk.mp4"),
+                              *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+            for folder, extra in ((single, ("--device", "cpu")), (threads, ("--devices", "cpu,cpu")))]
+    (_, single_err), (threads_out, threads_err) = [run.communicate(timeout=300) for run in runs]
+    assert runs[0].returncode == 0, single_err
+    assert runs[1].returncode == 0, threads_err
+    assert "spread: 2 windows/step over 2 devices: " in threads_out
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                 "-m", "sonic")
     done = sonic_command(*generate_args(tiny_zoo, media, ranks / "talk.mp4"), launcher=torchrun)

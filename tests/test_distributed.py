@@ -142,6 +142,8 @@ def test_a_signal_during_an_exchange_is_held_until_the_next_step(monkeypatch):
     for name, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
                             LOCAL_RANK="0").items():
         monkeypatch.setenv(name, value)
+    # Ctrl-C semantics even when the suite runs as a background job (SIGINT inherited as ignored).
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)
     init_process_group(backend="gloo", timeout_s=30)
     executor = DistributedExecutor()
     try:
@@ -167,4 +169,6 @@ def test_a_signal_during_an_exchange_is_held_until_the_next_step(monkeypatch):
         executor.raise_if_cancelled()  # raised once
     finally:
         executor.close()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        restored = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, original)
+    assert restored is signal.default_int_handler

@@ -167,8 +167,6 @@ class DistributedExecutor:
             self._held_signal = signum  # acted on before the next unit (see the module doc)
             return
         previous = self._previous_handlers.get(signum)
-        if previous == signal.SIG_IGN:
-            return
         if callable(previous):
             previous(signum, frame)  # e.g. the CLI's SIGTERM handler, which raises KeyboardInterrupt
         raise KeyboardInterrupt
@@ -256,6 +254,8 @@ def _install_handlers(handler) -> dict:
         return {}
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            continue  # ignored on purpose (e.g. a background job's SIGINT): stays ignored
         previous[signum] = signal.getsignal(signum)
         signal.signal(signum, handler)
     return previous

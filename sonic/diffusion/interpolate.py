@@ -83,17 +83,10 @@ def iter_double_frame_rate(model: IFNet, frames: torch.Tensor | Iterable[torch.T
         batch_size: frame pairs per RIFE call (memory vs speed on the device).
         device: where RIFE runs; moves the model there. None: leave the model where it is.
     """
-    # Checked here, not inside the generator, so mistakes surface at the call.
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(frames, torch.Tensor):
-        _check_chunk(frames, None)
-        if frames.shape[0] == 0:
-            raise ParameterError("no frames to interpolate: the input video is empty")
-        frames = [frames]
+    chunks = _checked_input(frames, batch_size)
     if device is not None:
         model.to(device)
-    return _stream_doubled(lambda batches: [_doubled(model, batch) for batch in batches], iter(frames), batch_size, 1)
+    return _stream_doubled(lambda batches: [_doubled(model, batch) for batch in batches], chunks, batch_size, 1)
 
 
 def iter_double_frame_rate_split(executor, models: list, frames: torch.Tensor | Iterable[torch.Tensor], *,
@@ -101,16 +94,24 @@ def iter_double_frame_rate_split(executor, models: list, frames: torch.Tensor | 
     """`iter_double_frame_rate` with the RIFE batches spread over the devices of `executor` (one
     `IFNet` per local device, from `executor.replicate`). The batches are the serial ones, so the
     frames are the same; they run in rounds of one per device and come out in order."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(frames, torch.Tensor):
-        _check_chunk(frames, None)
-        frames = [frames]
+    chunks = _checked_input(frames, batch_size)
 
     def run_round(batches: list[torch.Tensor]) -> list[torch.Tensor]:
         return executor.map(lambda worker, batch: _doubled(models[worker], batch), batches, to="cpu", tally=False)
 
-    return _stream_doubled(run_round, iter(frames), batch_size, executor.num_workers)
+    return _stream_doubled(run_round, chunks, batch_size, executor.num_workers)
+
+
+def _checked_input(frames, batch_size) -> Iterator[torch.Tensor]:
+    """The input as an iterator of chunks; checked here, not inside the generator, so mistakes surface at the call."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(frames, torch.Tensor):
+        _check_chunk(frames, None)
+        if frames.shape[0] == 0:
+            raise ParameterError("no frames to interpolate: the input video is empty")
+        frames = [frames]
+    return iter(frames)
 
 
 def _stream_doubled(run_round, chunks: Iterator[torch.Tensor], batch_size: int,

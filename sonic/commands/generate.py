@@ -121,8 +121,9 @@ def run(args) -> int:
         out = pipe(image, audio, postprocess=postprocess, **settings) if postprocess \
             else pipe.stream(image, audio, **settings)
         metadata = provenance(args.image, args.audio, out.config, extra=out.report)
-        write_mp4(out_path, checked_at_end(out.frames, executor), fps=out.fps, audio=out.audio, sample_rate=out.sample_rate, crf=args.crf,
-                  preset=args.preset, metadata=metadata, overwrite=args.overwrite)
+        write_mp4(out_path, checked_at_end(out.frames, executor), fps=out.fps, audio=out.audio,
+                  sample_rate=out.sample_rate, crf=args.crf, preset=args.preset, metadata=metadata,
+                  overwrite=args.overwrite)
     finally:
         progress.close()
     # Paste-back makes the frames the input picture's size; otherwise they are the model's.

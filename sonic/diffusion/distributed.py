@@ -126,12 +126,12 @@ class DistributedExecutor:
         status, message = STATUS_OK, ""
         try:
             for index in mine:
-                self._raise_held_signal()
+                self.raise_if_cancelled()
                 local.append(compute(0, units[index]).to(self.main_device))
                 self.unit_counts[self.rank] += tally
                 if on_result is not None:
                     on_result(index)
-            self._raise_held_signal()  # also on a rank without units this step
+            self.raise_if_cancelled()  # also on a rank without units this step
         except (Interrupted, KeyboardInterrupt) as exc:
             status, message = STATUS_CANCELLED, str(exc) or "interrupted"
             error: BaseException = exc
@@ -172,11 +172,8 @@ class DistributedExecutor:
         raise KeyboardInterrupt
 
     def raise_if_cancelled(self) -> None:
-        """Raise `KeyboardInterrupt` for a signal held since the last exchange. Call it once the
-        collective work is over and before anything is published: no later step would report it."""
-        self._raise_held_signal()
-
-    def _raise_held_signal(self) -> None:
+        """Raise `KeyboardInterrupt` for a signal held since the last exchange. `map` calls it before
+        each unit; call it once the collective work is over and before anything is published."""
         if self._held_signal is not None:
             name = signal.Signals(self._held_signal).name
             self._held_signal = None

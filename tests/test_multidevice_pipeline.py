@@ -126,6 +126,7 @@ def test_interrupting_one_torchrun_rank_stops_every_rank_without_output(tiny_zoo
         while "sample:" not in "".join(lines) and time.monotonic() < deadline:
             assert launcher.poll() is None, "".join(lines)[-3000:]
             time.sleep(0.2)
+        assert "sample:" in "".join(lines), "sampling never started: " + "".join(lines)[-3000:]
         time.sleep(1.0)  # well inside the 200 steps
         os.kill(rank_pids(launcher.pid)[1], signal.SIGINT)
         launcher.wait(timeout=60)
